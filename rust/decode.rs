@@ -1,0 +1,169 @@
+//! Decoding stored element types (BF16, F16, F32, F64 and the FP8 formats) to float32,
+//! and applying FP8 scale tensors.
+
+use half::{bf16, f16};
+use safetensors::tensor::Dtype;
+
+/// Bytes per element of a dtype this crate can decode; `None` for the others.
+pub fn element_size(dtype: Dtype) -> Option<usize> {
+    match dtype {
+        Dtype::F64 => Some(8),
+        Dtype::F32 => Some(4),
+        Dtype::BF16 | Dtype::F16 => Some(2),
+        Dtype::F8_E4M3 | Dtype::F8_E5M2 | Dtype::F8_E4M3FNUZ | Dtype::F8_E5M2FNUZ => Some(1),
+        _ => None,
+    }
+}
+
+/// The value of one FP8 byte with `e` exponent bits, `m` mantissa bits and `bias`.
+/// `fnuz`: the "finite, no negative zero" layout (0x80 is NaN, no infinities);
+/// otherwise E4M3 has only NaN at all-ones and E5M2 follows IEEE.
+fn fp8_value(b: u8, e: u32, m: u32, bias: i32, fnuz: bool) -> f32 {
+    let sign = if b & 0x80 != 0 { -1.0f32 } else { 1.0 };
+    let exp = ((b as u32) >> m) & ((1 << e) - 1);
+    let mant = (b as u32) & ((1 << m) - 1);
+    let all_ones_exp = exp == (1 << e) - 1;
+    if fnuz {
+        if b == 0x80 {
+            return f32::NAN;
+        }
+    } else if e == 4 {
+        if all_ones_exp && mant == (1 << m) - 1 {
+            return f32::NAN;
+        }
+    } else if all_ones_exp {
+        return if mant == 0 { sign * f32::INFINITY } else { f32::NAN };
+    }
+    let frac = mant as f32 / (1u32 << m) as f32;
+    if exp == 0 {
+        sign * frac * 2f32.powi(1 - bias)
+    } else {
+        sign * (1.0 + frac) * 2f32.powi(exp as i32 - bias)
+    }
+}
+
+fn fp8_table(dtype: Dtype) -> [f32; 256] {
+    let (e, m, bias, fnuz) = match dtype {
+        Dtype::F8_E4M3 => (4, 3, 7, false),
+        Dtype::F8_E5M2 => (5, 2, 15, false),
+        Dtype::F8_E4M3FNUZ => (4, 3, 8, true),
+        _ => (5, 2, 16, true),
+    };
+    let mut t = [0f32; 256];
+    for (i, v) in t.iter_mut().enumerate() {
+        *v = fp8_value(i as u8, e, m, bias, fnuz);
+    }
+    t
+}
+
+/// Decodes little-endian `bytes` of `dtype` into `out` (one float32 per element).
+/// The caller guarantees `bytes.len() == out.len() * element_size(dtype)`.
+pub fn decode_into(dtype: Dtype, bytes: &[u8], out: &mut [f32]) {
+    match dtype {
+        Dtype::F32 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        Dtype::BF16 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+            }
+        }
+        Dtype::F16 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+            }
+        }
+        Dtype::F64 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(c);
+                *o = f64::from_le_bytes(a) as f32;
+            }
+        }
+        _ => {
+            let table = fp8_table(dtype);
+            for (o, &b) in out.iter_mut().zip(bytes) {
+                *o = table[b as usize];
+            }
+        }
+    }
+}
+
+/// Multiplies a `rows x cols` matrix by a scale tensor of shape `(sr, sc)` (a scalar,
+/// one scale per row, or one per block), each scale covering a
+/// `ceil(rows / sr) x ceil(cols / sc)` block, as FP8 checkpoints store them.
+pub fn apply_scale(w: &mut [f32], rows: usize, cols: usize, scale: &[f32], sr: usize, sc: usize) {
+    if rows == 0 || cols == 0 || sr == 0 || sc == 0 {
+        return;
+    }
+    let br = rows.div_ceil(sr);
+    let bc = cols.div_ceil(sc);
+    for i in 0..rows {
+        let srow = &scale[(i / br).min(sr - 1) * sc..][..sc];
+        let row = &mut w[i * cols..(i + 1) * cols];
+        for (j, v) in row.iter_mut().enumerate() {
+            *v *= srow[(j / bc).min(sc - 1)];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(dtype: Dtype, b: u8) -> f32 {
+        let mut o = [0f32];
+        decode_into(dtype, &[b], &mut o);
+        o[0]
+    }
+
+    #[test]
+    fn fp8_e4m3_known_values() {
+        assert_eq!(one(Dtype::F8_E4M3, 0x38), 1.0); // exp 7, mant 0
+        assert_eq!(one(Dtype::F8_E4M3, 0x7e), 448.0); // largest finite
+        assert_eq!(one(Dtype::F8_E4M3, 0xb8), -1.0);
+        assert_eq!(one(Dtype::F8_E4M3, 0x01), 2f32.powi(-9)); // smallest subnormal
+        assert!(one(Dtype::F8_E4M3, 0x7f).is_nan());
+    }
+
+    #[test]
+    fn fp8_e5m2_known_values() {
+        assert_eq!(one(Dtype::F8_E5M2, 0x3c), 1.0);
+        assert_eq!(one(Dtype::F8_E5M2, 0x7b), 57344.0);
+        assert_eq!(one(Dtype::F8_E5M2, 0x7c), f32::INFINITY);
+        assert!(one(Dtype::F8_E5M2, 0x7d).is_nan());
+        assert_eq!(one(Dtype::F8_E5M2, 0x01), 2f32.powi(-16));
+    }
+
+    #[test]
+    fn fp8_fnuz_known_values() {
+        assert_eq!(one(Dtype::F8_E4M3FNUZ, 0x40), 1.0);
+        assert!(one(Dtype::F8_E4M3FNUZ, 0x80).is_nan());
+        assert_eq!(one(Dtype::F8_E5M2FNUZ, 0x40), 1.0);
+    }
+
+    #[test]
+    fn half_types_and_wide_floats() {
+        let mut o = [0f32; 2];
+        decode_into(Dtype::BF16, &[0x80, 0x3f, 0x00, 0xc0], &mut o); // 1.0, -2.0
+        assert_eq!(o, [1.0, -2.0]);
+        decode_into(Dtype::F16, &[0x00, 0x3c, 0x00, 0x38], &mut o); // 1.0, 0.5
+        assert_eq!(o, [1.0, 0.5]);
+        let b: Vec<u8> = [0.25f64, -3.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        decode_into(Dtype::F64, &b, &mut o);
+        assert_eq!(o, [0.25, -3.0]);
+    }
+
+    #[test]
+    fn block_scales_cover_ragged_edges() {
+        // 3x3 matrix of ones, 2x2 scale blocks of size ceil(3/2)=2.
+        let mut w = vec![1f32; 9];
+        apply_scale(&mut w, 3, 3, &[1.0, 2.0, 3.0, 4.0], 2, 2);
+        assert_eq!(w, vec![1.0, 1.0, 2.0, 1.0, 1.0, 2.0, 3.0, 3.0, 4.0]);
+        let mut w = vec![2f32; 4];
+        apply_scale(&mut w, 2, 2, &[0.5], 1, 1);
+        assert_eq!(w, vec![1.0; 4]);
+    }
+}
