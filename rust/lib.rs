@@ -192,6 +192,20 @@ fn layer_type(name: &str) -> String {
     naming::layer_type(name)
 }
 
+/// Indices that put layer names in model order (numbers compare as numbers).
+#[pyfunction]
+fn natural_order(names: Vec<String>) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..names.len()).collect();
+    idx.sort_by_cached_key(|&i| catalog::natural_key(&names[i]));
+    idx
+}
+
+/// Whether a user pattern (type, name or glob) picks this layer.
+#[pyfunction]
+fn layer_matches(pattern: &str, name: &str, kind: &str) -> bool {
+    naming::matches(pattern, name, kind)
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("SpectrumError", m.py().get_type::<SpectrumError>())?;
@@ -201,5 +215,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rank_by_type, m)?)?;
     m.add_function(wrap_pyfunction!(select_top, m)?)?;
     m.add_function(wrap_pyfunction!(layer_type, m)?)?;
+    m.add_function(wrap_pyfunction!(natural_order, m)?)?;
+    m.add_function(wrap_pyfunction!(layer_matches, m)?)?;
     Ok(())
 }

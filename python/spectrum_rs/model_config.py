@@ -1,0 +1,47 @@
+"""What ``config.json`` beside the weights says that changes the report: tied input and
+output embeddings (SPEC §1)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+_EMBEDDING_SUFFIXES = ("embed_tokens", "word_embeddings", "wte", "embed_in", "tok_embeddings")
+
+
+def read_config(model_dir: Optional[Path]) -> Dict[str, Any]:
+    """The parsed ``config.json`` of a model folder, or ``{}`` when there is none. A
+    config that exists but does not parse is ignored with a warning: it does not change
+    any SNR, only whether a tied head is listed."""
+    if model_dir is None:
+        return {}
+    path = model_dir / "config.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        import warnings
+
+        warnings.warn(f"{path}: cannot read config.json ({e}); tied embeddings are not reported",
+                      stacklevel=3)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def ties_embeddings(config: Dict[str, Any]) -> bool:
+    """True when the config says the output head shares the input embedding's weight."""
+    for c in (config, config.get("text_config") or {}):
+        if isinstance(c, dict) and c.get("tie_word_embeddings") is True:
+            return True
+    return False
+
+
+def embedding_source(layer_names: list) -> Optional[str]:
+    """The input embedding layer among ``layer_names`` (what a tied head repeats)."""
+    for suffix in _EMBEDDING_SUFFIXES:
+        for name in layer_names:
+            if name.split(".")[-1] == suffix:
+                return name
+    return None

@@ -1,0 +1,74 @@
+"""The SVD worker: turns one weight matrix into its singular values with torch, on the
+CPU or a CUDA device. Two exact methods: ``"gram"`` (eigenvalues of the Gram matrix of
+the smaller side, square-rooted; several times cheaper) and ``"svd"`` (full
+``torch.linalg.svdvals``, the reference tool's way, kept for checking)."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+METHODS = ("gram", "svd")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# Stored dtypes that arrive as raw bytes and are converted on the device.
+_RAW = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+
+
+def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
+    """``"auto"`` (or None) is the first CUDA device when torch sees one, else the CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for, but torch sees no CUDA device")
+    return dev
+
+
+class SingularValueWorker:
+    """Computes singular values of matrices on one device with one method and dtype."""
+
+    def __init__(self, device: Union[str, torch.device, None] = "auto", method: str = "gram",
+                 dtype: str = "float64") -> None:
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+        self.device = resolve_device(device)
+        self.method = method
+        self.dtype = dtype
+        self._torch_dtype = DTYPES[dtype]
+
+    @property
+    def wants_raw(self) -> bool:
+        """On CUDA the stored bytes travel (half the size of float32) and are decoded there."""
+        return self.device.type == "cuda"
+
+    def to_matrix(self, array: np.ndarray, stored: str, rows: int, cols: int) -> torch.Tensor:
+        """The streamed payload as a ``rows x cols`` tensor on this worker's device."""
+        t = torch.from_numpy(array)
+        if stored != "F32" or t.dim() == 1:
+            # Raw little-endian bytes of the stored dtype.
+            t = t.view(_RAW[stored]) if stored in _RAW else t
+            t = t.reshape(rows, cols)
+        if self.device.type == "cuda":
+            t = t.pin_memory().to(self.device, non_blocking=True)
+        return t
+
+    def singular_values(self, w: torch.Tensor) -> Optional[np.ndarray]:
+        """All singular values of ``w`` (any order) as float64 numpy, or ``None`` when the
+        matrix holds NaN or Inf values."""
+        if w.numel() == 0:
+            return np.zeros(0)
+        if not bool(torch.isfinite(w).all()):
+            return None
+        a = w.to(self._torch_dtype)
+        if a.shape[0] < a.shape[1]:
+            a = a.T  # tall: both methods work on the smaller side
+        if self.method == "svd":
+            s = torch.linalg.svdvals(a)
+        else:
+            gram = a.T @ a
+            s = torch.linalg.eigvalsh(gram).clamp_(min=0).sqrt_()
+        return s.to("cpu", torch.float64).numpy()
