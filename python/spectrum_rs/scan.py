@@ -13,7 +13,9 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence, Union
 
 from . import _core
 from ._core import SpectrumError
+from .checkpoint import Checkpoint, identity
 from .model_config import embedding_source, read_config, ties_embeddings
+from .model_source import default_name, resolve_model
 from .progress import Progress
 from .results import LayerResult, ScanResult
 from .singular_values import SingularValueWorker
@@ -30,9 +32,9 @@ def _as_list(x: Union[None, str, Iterable[str]]) -> List[str]:
     return [str(p) for p in x]
 
 
-def _model_paths(model: Union[PathLike, Sequence[PathLike]]) -> List[str]:
+def _model_paths(model: Union[PathLike, Sequence[PathLike]], download: Optional[bool]) -> List[str]:
     if isinstance(model, (str, os.PathLike)):
-        return [os.fspath(model)]
+        return [os.fspath(resolve_model(os.fspath(model), download=download))]
     paths = [os.fspath(p) for p in model]
     if not paths:
         raise SpectrumError("no model path given")
@@ -53,13 +55,15 @@ def scan(
     window_bytes: int = DEFAULT_WINDOW_BYTES,
     name: Optional[str] = None,
     progress: Union[bool, Callable[..., None]] = False,
+    checkpoint: Union[None, str, "os.PathLike[str]"] = None,
+    download: Optional[bool] = None,
 ) -> ScanResult:
     """Measures the signal-to-noise ratio of every weight matrix of a safetensors model.
 
     Args:
         model: a model folder (``model.safetensors`` or a sharded folder with its
             ``model.safetensors.index.json``), an index file, one ``.safetensors`` file,
-            or a list of files.
+            or a list of files; or a Hugging Face model id, found in the local cache.
         types: layer types, layer names or globs to scan (``"self_attn.*"``); all when None.
         exclude: types, names or globs to leave out.
         include_1d: also report 1-D tensors (norms) the way the reference does (SNR 1.0).
@@ -74,12 +78,17 @@ def scan(
         name: model name used in result file names (default: ``model`` as given).
         progress: show a progress bar on stderr, or a callable
             ``progress(done_layers, total_layers, done_bytes, total_bytes, layer_name)``.
+        checkpoint: a file to append each finished layer to (fsynced); when it exists
+            and was written for the same model files and settings, its layers are not
+            computed again. A checkpoint of another model or settings is refused.
+        download: for a model id missing from the Hugging Face cache: False never
+            downloads; None and True download weights, index and config.json.
     """
     if no_noise not in ("one", "inf"):
         raise ValueError(f"no_noise must be 'one' or 'inf', got {no_noise!r}")
     if not (0 <= float(top_percent) <= 100):
         raise ValueError(f"top_percent must be between 0 and 100, got {top_percent}")
-    paths = _model_paths(model)
+    paths = _model_paths(model, download)
     worker = SingularValueWorker(device=device, method=method, dtype=dtype)
     catalog = _core.Catalog(paths)
     layers = catalog.layers()
@@ -88,29 +97,58 @@ def scan(
         raise SpectrumError(f"{paths[0]}: no layer matches the requested types "
                             f"(types={_as_list(types) or 'all'}, exclude={_as_list(exclude)})")
     results = {}
+    ck = None
+    if checkpoint is not None:
+        ck = Checkpoint(Path(checkpoint), identity(catalog.files()),
+                        _numbers_settings(method, dtype, no_noise, [layers[i]["name"] for i in chosen]))
+        done = ck.load()
+        results = {i: done[layers[i]["name"]] for i in chosen if layers[i]["name"] in done}
+        ck.open()
+    todo = [i for i in chosen if i not in results]
     bar = Progress(progress, total_layers=len(chosen),
-                   total_bytes=sum(layers[i]["nbytes"] for i in chosen))
+                   total_bytes=sum(layers[i]["nbytes"] for i in chosen),
+                   done_layers=len(results), done_bytes=sum(layers[i]["nbytes"] for i in results))
     start = time.perf_counter()
-    stream = catalog.stream(chosen, window_bytes=max(int(window_bytes), 1), raw=worker.wants_raw)
+    stream = catalog.stream(todo, window_bytes=max(int(window_bytes), 1), raw=worker.wants_raw)
     try:
         for index, array, stored in stream:
             info = layers[index]
-            results[index] = _measure(worker, info, array, stored, no_noise)
+            record = _measure(worker, info, array, stored, no_noise)
             del array
+            if ck is not None:
+                ck.add(record)
+            results[index] = record
             bar.update(info["name"], info["nbytes"])
     finally:
         stream.close()
         bar.close()
+        if ck is not None:
+            ck.close()
     records = [results[i] for i in sorted(results)]
     _add_tied_head(records, paths, types, exclude)
-    model_name = name if name is not None else (paths[0] if len(paths) == 1 else os.path.commonpath(paths))
+    if name is not None:
+        model_name = name
+    elif isinstance(model, (str, os.PathLike)):
+        model_name = default_name(os.fspath(model))
+    else:
+        model_name = os.path.commonpath(paths)
     settings = {
         "method": method, "dtype": dtype, "device": str(worker.device), "no_noise": no_noise,
         "include_1d": include_1d, "types": _as_list(types), "exclude": _as_list(exclude),
         "seconds": round(time.perf_counter() - start, 3),
+        "resumed_layers": len(chosen) - len(todo), "model_path": paths[0] if len(paths) == 1 else paths,
     }
     return ScanResult(model_name=model_name, layers=records, top_percent=float(top_percent),
                       settings=settings)
+
+
+def _numbers_settings(method: str, dtype: str, no_noise: str, names: List[str]) -> dict:
+    """The settings that change a scan's numbers or its set of layers."""
+    import hashlib
+
+    digest = hashlib.sha256("\n".join(names).encode()).hexdigest()
+    return {"method": method, "dtype": dtype, "no_noise": no_noise, "layers": len(names),
+            "layer_names_sha256": digest}
 
 
 def _measure(worker: SingularValueWorker, info: dict, array: Any, stored: str, no_noise: str) -> LayerResult:

@@ -1,0 +1,60 @@
+"""Where a model's files are: a local folder or file as given, or a Hugging Face model id
+resolved through the local Hugging Face cache (``HF_HOME`` / ``HF_HUB_CACHE`` respected),
+downloading only the weights, their index and ``config.json`` when that is allowed."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Optional
+
+from ._core import SpectrumError
+
+#: What a download fetches: nothing but what a scan reads.
+ALLOW_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json"]
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+def looks_like_repo_id(spec: str) -> bool:
+    """``org/name`` or ``name``, not an existing path, not starting with ``.`` or ``/``."""
+    return bool(_REPO_ID.match(spec)) and ".." not in spec and not spec.endswith((".safetensors", ".json"))
+
+
+def resolve_model(spec: str, *, download: Optional[bool] = None, revision: Optional[str] = None) -> Path:
+    """The local path of ``spec``. An existing path is returned as it is. A model id is
+    looked up in the local Hugging Face cache; when it is missing there it is downloaded
+    (only weights, index and config) unless ``download`` is False or the hub is offline
+    (``HF_HUB_OFFLINE=1``), in which case the error says so."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    if not looks_like_repo_id(spec):
+        raise SpectrumError(f"{spec}: no such file or directory")
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    cache = constants.HF_HUB_CACHE
+    try:
+        return Path(snapshot_download(spec, revision=revision, allow_patterns=ALLOW_PATTERNS,
+                                      local_files_only=True))
+    except LocalEntryNotFoundError:
+        pass
+    except Exception as e:  # a broken cache entry, a bad id
+        raise SpectrumError(f"{spec}: cannot read it from the Hugging Face cache {cache} ({e})") from None
+    offline = bool(constants.HF_HUB_OFFLINE)
+    if download is False or offline:
+        why = "downloading is disabled (--no-download)" if download is False else \
+            "downloading is disabled (HF_HUB_OFFLINE is set)"
+        raise SpectrumError(f"{spec}: not a local path, and not in the Hugging Face cache {cache}; {why}")
+    try:
+        return Path(snapshot_download(spec, revision=revision, allow_patterns=ALLOW_PATTERNS))
+    except Exception as e:
+        raise SpectrumError(f"{spec}: not a local path, not in the Hugging Face cache {cache}, "
+                            f"and downloading it failed ({type(e).__name__}: {e})") from None
+
+
+def default_name(spec: str) -> str:
+    """The model name used in result file names: what the user typed, as the reference
+    tool does (``org/name`` -> ``snr_results_org-name.json``)."""
+    return os.fspath(spec)

@@ -1,0 +1,87 @@
+"""The SNR heatmap: layer index on x, layer type on y, selected cells outlined, colour
+scale labelled. Needs matplotlib (the ``plot`` extra)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple, Union
+
+from ._core import SpectrumError
+from .results import ScanResult
+
+
+def layer_index(name: str) -> Optional[int]:
+    """The first all-digit part of a layer name (its block index), or None."""
+    for part in name.split("."):
+        if part.isdigit():
+            return int(part)
+    return None
+
+
+def plot_snr(result: ScanResult, path: Union[str, Path], top_percent: Optional[float] = None,
+             dpi: int = 100) -> Path:
+    """Writes a PNG heatmap of ``result`` to ``path`` and returns the path."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Rectangle
+    except ImportError:
+        raise SpectrumError("plotting needs matplotlib: pip install 'spectrum-rs[plot]'") from None
+    import numpy as np
+
+    selected = set(result.select(top_percent))
+    types = result.types
+    cells: Dict[Tuple[int, int], Tuple[float, bool]] = {}
+    columns: List[int] = sorted({i for i in (layer_index(layer.name) for layer in result) if i is not None})
+    has_other = any(layer_index(layer.name) is None for layer in result)
+    col_of = {c: k for k, c in enumerate(columns)}
+    other_col = len(columns)
+    for layer in result:
+        idx = layer_index(layer.name)
+        x = col_of[idx] if idx is not None else other_col
+        y = types.index(layer.type)
+        # Several layers of one type in one column (experts): show the highest.
+        prev = cells.get((y, x))
+        snr = float(layer.snr)
+        if prev is None or (not math.isnan(snr) and (math.isnan(prev[0]) or snr > prev[0])):
+            cells[(y, x)] = (snr, layer.name in selected or (prev is not None and prev[1]))
+    ncols = len(columns) + (1 if has_other else 0)
+    grid = np.full((len(types), max(ncols, 1)), np.nan)
+    for (y, x), (snr, _) in cells.items():
+        grid[y, x] = snr if math.isfinite(snr) else np.nan
+    finite = grid[np.isfinite(grid)]
+    width = min(max(6.0, 0.16 * ncols + 4.0), 40.0)
+    height = min(max(3.0, 0.4 * len(types) + 1.8), 30.0)
+    fig, ax = plt.subplots(figsize=(width, height), dpi=dpi, layout="constrained")
+    cmap = matplotlib.colormaps["viridis"].copy()
+    cmap.set_bad("#dddddd")
+    vmin = float(finite.min()) if finite.size else 0.0
+    vmax = float(finite.max()) if finite.size else 1.0
+    # SNRs of different types differ by orders of magnitude: a log scale keeps both visible.
+    log = finite.size > 0 and vmin > 0 and vmax / vmin > 10
+    norm = (matplotlib.colors.LogNorm(vmin=vmin, vmax=vmax) if log else
+            matplotlib.colors.Normalize(vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1e-12))
+    im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
+    for (y, x), (_, sel) in cells.items():
+        if sel:
+            ax.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
+    labels = [str(c) for c in columns] + (["other"] if has_other else [])
+    step = max(1, math.ceil(len(labels) / 40))
+    ax.set_xticks(range(0, len(labels), step))
+    ax.set_xticklabels(labels[::step], fontsize=7)
+    ax.set_yticks(range(len(types)))
+    ax.set_yticklabels(types, fontsize=8)
+    ax.set_xlabel("layer index")
+    ax.set_ylabel("layer type")
+    pct = result.top_percent if top_percent is None else top_percent
+    ax.set_title(f"Spectrum SNR: {result.model_name} (outlined: top {pct:g}% per type)", fontsize=9)
+    bar = fig.colorbar(im, ax=ax)
+    bar.set_label("SNR, log scale" if log else "SNR")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
