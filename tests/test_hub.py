@@ -1,0 +1,77 @@
+"""Model ids resolve through a real Hugging Face cache layout (offline)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def fake_cache(root: Path, repo: str) -> Path:
+    """The layout huggingface_hub writes: blobs, refs/main and a snapshot of symlinks."""
+    base = root / ("models--" + repo.replace("/", "--"))
+    (base / "refs").mkdir(parents=True)
+    (base / "refs" / "main").write_text(COMMIT)
+    blobs = base / "blobs"
+    blobs.mkdir()
+    snap = base / "snapshots" / COMMIT
+    snap.mkdir(parents=True)
+    save_file({"model.layers.0.mlp.up_proj.weight": torch.randn(24, 16),
+               "model.layers.1.mlp.up_proj.weight": torch.randn(24, 16)}, str(blobs / "weights"))
+    (blobs / "config").write_text('{"model_type": "llama"}')
+    os.symlink(blobs / "weights", snap / "model.safetensors")
+    os.symlink(blobs / "config", snap / "config.json")
+    return snap
+
+
+def run(args, cache, cwd):
+    env = dict(os.environ, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1")
+    env.pop("HF_HOME", None)
+    return subprocess.run([sys.executable, "-m", "spectrum_rs", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=300)
+
+
+def test_cached_model_id_scans_offline(tmp_path):
+    cache = tmp_path / "hub"
+    fake_cache(cache, "acme/tiny_llama")
+    p = run(["scan", "acme/tiny_llama", "--quiet"], cache, tmp_path)
+    assert p.returncode == 0, p.stderr
+    out = tmp_path / "model_snr_results" / "snr_results_acme-tiny-llama.json"
+    import json
+
+    assert sorted(json.loads(out.read_text())) == ["model.layers.0.mlp.up_proj", "model.layers.1.mlp.up_proj"]
+
+
+def test_missing_model_id_says_it_is_not_cached_and_offline(tmp_path):
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    p = run(["scan", "acme/absent-model"], cache, tmp_path)
+    assert p.returncode == 1
+    assert p.stderr.strip() == (f"spectrum-rs: error: acme/absent-model: not a local path, and not in the "
+                                f"Hugging Face cache {cache}; downloading is disabled (HF_HUB_OFFLINE is set)")
+
+
+def test_resolve_model_api_and_no_download(tmp_path, monkeypatch):
+    from spectrum_rs._core import SpectrumError
+    from spectrum_rs.model_source import looks_like_repo_id, resolve_model
+
+    assert looks_like_repo_id("meta-llama/Llama-3.1-8B") and looks_like_repo_id("gpt2")
+    assert not looks_like_repo_id("./model") and not looks_like_repo_id("/abs/x.safetensors")
+    local = tmp_path / "local"
+    local.mkdir()
+    assert resolve_model(str(local)) == local
+    with pytest.raises(SpectrumError, match="no such file or directory"):
+        resolve_model(str(tmp_path / "nope"))
+    cache = tmp_path / "hub"
+    snap = fake_cache(cache, "acme/m")
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))
+    assert resolve_model("acme/m", download=False) == snap
+    with pytest.raises(SpectrumError, match=r"downloading is disabled \(--no-download\)"):
+        resolve_model("acme/other", download=False)
