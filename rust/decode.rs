@@ -91,15 +91,32 @@ pub fn decode_into(dtype: Dtype, bytes: &[u8], out: &mut [f32]) {
     }
 }
 
+/// The block size FP8 checkpoints use (DeepSeek-V3/R1, Qwen3-FP8: `weight_block_size`
+/// `[128, 128]`).
+pub const FP8_BLOCK: usize = 128;
+
+/// The side of the block each of `s` scales covers along a dimension of `n` values.
+/// Checkpoints quantise in fixed `FP8_BLOCK` tiles with a partial tile at the end
+/// (DeepSeek-V3's 576-row `kv_a_proj_with_mqa` has 5 row scales: 4 x 128 + 64), so
+/// that block is used whenever it is consistent with `s`; otherwise the smallest block
+/// that is (`ceil(n / s)`: one scale per row, per tensor, or other even tilings).
+pub fn block_side(n: usize, s: usize) -> usize {
+    if n.div_ceil(FP8_BLOCK) == s {
+        FP8_BLOCK
+    } else {
+        n.div_ceil(s)
+    }
+}
+
 /// Multiplies a `rows x cols` matrix by a scale tensor of shape `(sr, sc)` (a scalar,
 /// one scale per row, or one per block), each scale covering a
-/// `ceil(rows / sr) x ceil(cols / sc)` block, as FP8 checkpoints store them.
+/// `block_side(rows, sr) x block_side(cols, sc)` block, as FP8 checkpoints store them.
 pub fn apply_scale(w: &mut [f32], rows: usize, cols: usize, scale: &[f32], sr: usize, sc: usize) {
     if rows == 0 || cols == 0 || sr == 0 || sc == 0 {
         return;
     }
-    let br = rows.div_ceil(sr);
-    let bc = cols.div_ceil(sc);
+    let br = block_side(rows, sr);
+    let bc = block_side(cols, sc);
     for i in 0..rows {
         let srow = &scale[(i / br).min(sr - 1) * sc..][..sc];
         let row = &mut w[i * cols..(i + 1) * cols];
@@ -165,5 +182,20 @@ mod tests {
         let mut w = vec![2f32; 4];
         apply_scale(&mut w, 2, 2, &[0.5], 1, 1);
         assert_eq!(w, vec![1.0; 4]);
+    }
+
+    #[test]
+    fn ragged_fp8_tiles_are_128_wide() {
+        // 200 rows, 2 row scales: rows 0..128 use the first, 128..200 the second
+        // (not 0..100 / 100..200).
+        assert_eq!(block_side(200, 2), 128);
+        assert_eq!(block_side(576, 5), 128);
+        assert_eq!(block_side(256, 2), 128);
+        assert_eq!(block_side(96, 96), 1); // per-row scales
+        assert_eq!(block_side(300, 1), 300); // per-tensor
+        let mut w = vec![1f32; 200];
+        apply_scale(&mut w, 200, 1, &[1.0, 2.0], 2, 1);
+        assert_eq!(w[127], 1.0);
+        assert_eq!(w[128], 2.0);
     }
 }
