@@ -106,13 +106,18 @@ def _peak_rss_bytes() -> int:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
+    from . import distributed
     from .result_files import RESULTS_DIR, slug
     from .scan import scan
 
+    rank_world = distributed.init_from_env()  # under torchrun: one share of the layers per rank
+    lead = rank_world is None or rank_world[0] == 0
     name = args.name or args.model
     checkpoint = Path(args.out) / RESULTS_DIR / f"snr_results_{slug(name)}.checkpoint.jsonl"
-    if not args.resume and checkpoint.exists():
-        checkpoint.unlink()
+    if not args.resume:
+        for old in checkpoint.parent.glob(checkpoint.name + "*"):
+            if lead or old.name.endswith(f".rank{rank_world[0]}-of-{rank_world[1]}"):
+                old.unlink(missing_ok=True)
     start = time.perf_counter()
     try:
         result = scan(args.model, types=args.types, exclude=args.exclude, include_1d=args.include_1d,
@@ -124,15 +129,22 @@ def cmd_scan(args: argparse.Namespace) -> int:
         print(f"spectrum-rs: interrupted; {done} finished layers are kept in {checkpoint}. "
               f"Run the same command again to resume.", file=sys.stderr)
         return 130
-    paths = result.save(args.out, args.top_percent, name=name, embeddings=args.embeddings,
-                        strict=args.strict_yaml)
-    try:
-        checkpoint.unlink()
-    except FileNotFoundError:
-        pass
     st = result.settings
+    paths = {}
+    if lead:
+        paths = result.save(args.out, args.top_percent, name=name, embeddings=args.embeddings,
+                            strict=args.strict_yaml)
+    if rank_world is not None:
+        import torch.distributed as dist
+
+        dist.barrier()  # every rank's checkpoint stays until the files are written
+    if st.get("checkpoint"):
+        Path(st["checkpoint"]).unlink(missing_ok=True)
+    if not lead:
+        return 0
+    procs = f" in {st['processes']} processes" if st["processes"] > 1 else ""
     _say(args.quiet, f"spectrum-rs: scanned {len(result)} layers ({st['resumed_layers']} from the checkpoint) "
-                     f"in {time.perf_counter() - start:.1f} s on {st['device']} "
+                     f"in {time.perf_counter() - start:.1f} s on {st['device']}{procs} "
                      f"(method {st['method']}, {st['dtype']}); peak memory {_peak_rss_bytes() / 2**30:.2f} GiB")
     for p in paths.values():
         _say(args.quiet, f"  wrote {p}")

@@ -1,24 +1,23 @@
-"""``scan()``: from a model path to a ``ScanResult``. Opens the catalog (Rust), streams
-the chosen layers off disk (Rust thread), computes singular values (torch worker),
-the statistics (Rust), and adds the tied head the config describes."""
+"""``scan()``: from a model path to a ``ScanResult``. Opens the catalog (Rust), picks this
+process's layers, streams them off disk (Rust thread) through the pipeline of SVD workers
+(torch) and statistics (Rust), keeps the checkpoint, and adds the tied head the config
+describes."""
 
 from __future__ import annotations
 
-import math
 import os
 import time
-import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
-from . import _core
+from . import _core, distributed, pipeline
 from ._core import SpectrumError
 from .checkpoint import Checkpoint, identity
 from .model_config import embedding_source, read_config, ties_embeddings
 from .model_source import default_name, resolve_model
 from .progress import Progress
 from .results import LayerResult, ScanResult
-from .singular_values import SingularValueWorker
+from .singular_values import SingularValueWorker, resolve_devices
 
 PathLike = Union[str, "os.PathLike[str]"]
 DEFAULT_WINDOW_BYTES = 2 << 30
@@ -57,6 +56,7 @@ def scan(
     progress: Union[bool, Callable[..., None]] = False,
     checkpoint: Union[None, str, "os.PathLike[str]"] = None,
     download: Optional[bool] = None,
+    distributed_scan: Optional[bool] = None,
 ) -> ScanResult:
     """Measures the signal-to-noise ratio of every weight matrix of a safetensors model.
 
@@ -68,7 +68,9 @@ def scan(
         exclude: types, names or globs to leave out.
         include_1d: also report 1-D tensors (norms) the way the reference does (SNR 1.0).
         top_percent: share of each type selected by ``ScanResult.select()`` (default 25).
-        device: ``"auto"`` (CUDA when torch sees a GPU, else CPU), ``"cpu"``, ``"cuda:1"``...
+        device: ``"auto"`` (the first GPU when torch sees one, else the CPU), ``"cpu"``,
+            ``"cuda"`` (every visible GPU, one worker each), ``"cuda:1"``, or a list such as
+            ``["cuda:0", "cuda:2"]``. Under ``torchrun``, ``"auto"`` is the rank's own GPU.
         method: ``"gram"`` (eigenvalues of the Gram matrix, default) or ``"svd"``.
         dtype: ``"float64"`` (default; meets SPEC §2's 1e-4 bound even for matrices with
             strong outliers) or ``"float32"`` (faster, can miss that bound).
@@ -83,47 +85,66 @@ def scan(
             computed again. A checkpoint of another model or settings is refused.
         download: for a model id missing from the Hugging Face cache: False never
             downloads; None and True download weights, index and config.json.
+        distributed_scan: when a ``torch.distributed`` process group of several processes
+            is up (``torchrun``), each rank scans a cost-balanced share and every rank
+            returns the whole, identical result (None: whenever a group is up; False: never).
     """
     if no_noise not in ("one", "inf"):
         raise ValueError(f"no_noise must be 'one' or 'inf', got {no_noise!r}")
     if not (0 <= float(top_percent) <= 100):
         raise ValueError(f"top_percent must be between 0 and 100, got {top_percent}")
     paths = _model_paths(model, download)
-    worker = SingularValueWorker(device=device, method=method, dtype=dtype)
+    workers = [SingularValueWorker(device=d, method=method, dtype=dtype) for d in
+               resolve_devices(distributed.local_device(device) if distributed.active() else device)]
     catalog = _core.Catalog(paths)
     layers = catalog.layers()
     chosen = catalog.select(_as_list(types), _as_list(exclude), include_1d)
     if not chosen:
         raise SpectrumError(f"{paths[0]}: no layer matches the requested types "
                             f"(types={_as_list(types) or 'all'}, exclude={_as_list(exclude)})")
-    results = {}
+    rank_world = distributed.active() if distributed_scan is not False else None
+    mine = chosen
+    if rank_world is not None:
+        rank, world = rank_world
+        costs = [(i, distributed.layer_cost(layers[i]["rows"], layers[i]["cols"])) for i in chosen]
+        mine = distributed.shares(costs, world)[rank]
+        if checkpoint is not None:
+            checkpoint = f"{os.fspath(checkpoint)}.rank{rank}-of-{world}"
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+    results: Dict[int, LayerResult] = {}
     ck = None
     if checkpoint is not None:
-        ck = Checkpoint(Path(checkpoint), identity(catalog.files()),
-                        _numbers_settings(method, dtype, no_noise, [layers[i]["name"] for i in chosen]))
+        ck = Checkpoint(checkpoint, identity(catalog.files()),
+                        _numbers_settings(method, dtype, no_noise, [layers[i]["name"] for i in mine]))
         done = ck.load()
-        results = {i: done[layers[i]["name"]] for i in chosen if layers[i]["name"] in done}
+        results = {i: done[layers[i]["name"]] for i in mine if layers[i]["name"] in done}
         ck.open()
-    todo = [i for i in chosen if i not in results]
-    bar = Progress(progress, total_layers=len(chosen),
-                   total_bytes=sum(layers[i]["nbytes"] for i in chosen),
+    todo = [i for i in mine if i not in results]
+    show = progress if rank_world is None or rank_world[0] == 0 else False
+    bar = Progress(show, total_layers=len(mine),
+                   total_bytes=sum(layers[i]["nbytes"] for i in mine),
                    done_layers=len(results), done_bytes=sum(layers[i]["nbytes"] for i in results))
+
+    def finished(index: int, record: LayerResult) -> None:
+        if ck is not None:
+            ck.add(record)
+        results[index] = record
+        bar.update(record.name, layers[index]["nbytes"])
+
     start = time.perf_counter()
-    stream = catalog.stream(todo, window_bytes=max(int(window_bytes), 1), raw=worker.wants_raw)
+    stream = catalog.stream(todo, window_bytes=max(int(window_bytes), 1),
+                            raw=all(w.wants_raw for w in workers))
     try:
-        for index, array, stored in stream:
-            info = layers[index]
-            record = _measure(worker, info, array, stored, no_noise)
-            del array
-            if ck is not None:
-                ck.add(record)
-            results[index] = record
-            bar.update(info["name"], info["nbytes"])
+        pipeline.run(stream, workers, layers, no_noise, finished)
     finally:
         stream.close()
         bar.close()
         if ck is not None:
             ck.close()
+    resumed = len(mine) - len(todo)
+    if rank_world is not None:
+        results = distributed.gather(results)
     records = [results[i] for i in sorted(results)]
     _add_tied_head(records, paths, types, exclude)
     if name is not None:
@@ -133,10 +154,11 @@ def scan(
     else:
         model_name = os.path.commonpath(paths)
     settings = {
-        "method": method, "dtype": dtype, "device": str(worker.device), "no_noise": no_noise,
+        "method": method, "dtype": dtype, "device": ", ".join(str(w.device) for w in workers), "no_noise": no_noise,
         "include_1d": include_1d, "types": _as_list(types), "exclude": _as_list(exclude),
         "seconds": round(time.perf_counter() - start, 3),
-        "resumed_layers": len(chosen) - len(todo), "model_path": paths[0] if len(paths) == 1 else paths,
+        "resumed_layers": resumed, "processes": rank_world[1] if rank_world else 1,
+        "checkpoint": os.fspath(checkpoint) if checkpoint is not None else None, "model_path": paths[0] if len(paths) == 1 else paths,
     }
     return ScanResult(model_name=model_name, layers=records, top_percent=float(top_percent),
                       settings=settings)
@@ -149,28 +171,6 @@ def _numbers_settings(method: str, dtype: str, no_noise: str, names: List[str]) 
     digest = hashlib.sha256("\n".join(names).encode()).hexdigest()
     return {"method": method, "dtype": dtype, "no_noise": no_noise, "layers": len(names),
             "layer_names_sha256": digest}
-
-
-def _measure(worker: SingularValueWorker, info: dict, array: Any, stored: str, no_noise: str) -> LayerResult:
-    rows, cols = info["rows"], info["cols"]
-    w = worker.to_matrix(array, stored, rows, cols)
-    s = worker.singular_values(w)
-    record = LayerResult(name=info["name"], type=info["type"], snr=math.nan, shape=(rows, cols),
-                         dtype=info["dtype"])
-    if s is None:
-        warnings.warn(f"{info['file']}: tensor {info['tensor']!r} holds NaN or Inf values; "
-                      f"its SNR is reported as NaN", RuntimeWarning, stacklevel=3)
-        return record
-    import numpy as np
-
-    snr, sigma, thr, smax, n_signal = _core.spectrum_stats(np.ascontiguousarray(s, dtype=np.float64),
-                                                           rows, cols, no_noise == "inf")
-    record.snr, record.sigma, record.threshold = snr, sigma, thr
-    record.max_singular_value, record.n_signal = smax, n_signal
-    if math.isnan(snr):
-        warnings.warn(f"{info['file']}: tensor {info['tensor']!r} is all zeros (no spectrum); "
-                      f"its SNR is reported as NaN", RuntimeWarning, stacklevel=3)
-    return record
 
 
 def _add_tied_head(records: List[LayerResult], paths: List[str], types: Any, exclude: Any) -> None:

@@ -5,7 +5,7 @@ the smaller side, square-rooted; several times cheaper) and ``"svd"`` (full
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -20,10 +20,37 @@ def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
     """``"auto"`` (or None) is the first CUDA device when torch sees one, else the CPU."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"unknown device {device!r}: expected auto, cpu, cuda or cuda:N ({e})") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was asked for, but torch sees no CUDA device")
     return dev
+
+
+class Matrix:
+    """A matrix on a worker's device and, on a GPU, the event that marks its upload done."""
+
+    __slots__ = ("tensor", "ready")
+
+    def __init__(self, tensor: torch.Tensor, ready: Optional["torch.cuda.Event"]) -> None:
+        self.tensor = tensor
+        self.ready = ready
+
+
+def resolve_devices(device: Union[str, torch.device, None, Sequence[Union[str, torch.device]]]) -> List[torch.device]:
+    """The devices to run workers on: ``"cuda"`` means every visible GPU, a list means
+    those devices, anything else one device (see :func:`resolve_device`)."""
+    if isinstance(device, (list, tuple)):
+        if not device:
+            raise ValueError("device list is empty")
+        return [resolve_device(d) for d in device]
+    if str(device) == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device")
+        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    return [resolve_device(device)]
 
 
 class SingularValueWorker:
@@ -39,28 +66,48 @@ class SingularValueWorker:
         self.method = method
         self.dtype = dtype
         self._torch_dtype = DTYPES[dtype]
+        # Uploads run on their own stream so the next layer's copy overlaps this compute.
+        self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
     @property
     def wants_raw(self) -> bool:
         """On CUDA the stored bytes travel (half the size of float32) and are decoded there."""
         return self.device.type == "cuda"
 
-    def to_matrix(self, array: np.ndarray, stored: str, rows: int, cols: int) -> torch.Tensor:
-        """The streamed payload as a ``rows x cols`` tensor on this worker's device."""
+    def to_matrix(self, array: np.ndarray, stored: str, rows: int, cols: int) -> "Matrix":
+        """The streamed payload as a ``rows x cols`` tensor on this worker's device. On a
+        GPU the copy is only queued (on the copy stream); ``singular_values`` waits for it."""
         t = torch.from_numpy(array)
         if stored != "F32" or t.dim() == 1:
             # Raw little-endian bytes of the stored dtype.
             t = t.view(_RAW[stored]) if stored in _RAW else t
             t = t.reshape(rows, cols)
-        if self.device.type == "cuda":
-            t = t.pin_memory().to(self.device, non_blocking=True)
-        return t
+        if self._copy_stream is None:
+            return Matrix(t, None)
+        staged = t.pin_memory()  # one bounded staging buffer per layer in flight
+        with torch.cuda.stream(self._copy_stream):
+            t = staged.to(self.device, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record(self._copy_stream)
+        # The allocator must not reuse this memory before the compute stream is done.
+        t.record_stream(torch.cuda.current_stream(self.device))
+        return Matrix(t, ready)
 
-    def singular_values(self, w: torch.Tensor) -> Optional[np.ndarray]:
-        """All singular values of ``w`` (any order) as float64 numpy, or ``None`` when the
-        matrix holds NaN or Inf values."""
-        if w.numel() == 0:
+    def singular_values(self, m: Union["Matrix", torch.Tensor]) -> Optional[np.ndarray]:
+        """All singular values of a matrix (any order) as float64 numpy, or ``None`` when
+        the matrix holds NaN or Inf values."""
+        if isinstance(m, torch.Tensor):
+            m = Matrix(m, None)
+        if m.tensor.numel() == 0:
             return np.zeros(0)
+        if self.device.type == "cuda":
+            with torch.cuda.device(self.device):
+                if m.ready is not None:
+                    torch.cuda.current_stream(self.device).wait_event(m.ready)
+                return self._singular_values(m.tensor)
+        return self._singular_values(m.tensor)
+
+    def _singular_values(self, w: torch.Tensor) -> Optional[np.ndarray]:
         if not bool(torch.isfinite(w).all()):
             return None
         a = w.to(self._torch_dtype)

@@ -1,0 +1,83 @@
+"""Scans spread over processes with ``torch.distributed`` (launched by ``torchrun``): a
+deterministic, cost-balanced share of the layers per rank, and the gathering of every
+rank's records so that each rank ends with the same, complete result."""
+
+from __future__ import annotations
+
+import heapq
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .results import LayerResult
+
+
+def layer_cost(rows: int, cols: int) -> int:
+    """Work of one layer's singular values: the Gram product and the eigensolve, both
+    about ``max * min**2`` (+ ``min**3``) multiply-adds."""
+    small, large = min(rows, cols), max(rows, cols)
+    return large * small * small + small ** 3 + rows * cols
+
+
+def shares(costs: Sequence[Tuple[int, int]], world: int) -> List[List[int]]:
+    """Splits ``(layer_index, cost)`` pairs over ``world`` ranks: largest cost first to the
+    least loaded rank (ties to the lower rank), the same on every rank."""
+    loads = [(0, r) for r in range(world)]
+    heapq.heapify(loads)
+    out: List[List[int]] = [[] for _ in range(world)]
+    for index, cost in sorted(costs, key=lambda ic: (-ic[1], ic[0])):
+        load, rank = heapq.heappop(loads)
+        out[rank].append(index)
+        heapq.heappush(loads, (load + cost, rank))
+    return [sorted(s) for s in out]
+
+
+def active() -> Optional[Tuple[int, int]]:
+    """``(rank, world_size)`` when a torch.distributed process group is up with more than
+    one process, else None."""
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return None
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.get_rank(), dist.get_world_size()
+    return None
+
+
+def init_from_env() -> Optional[Tuple[int, int]]:
+    """Starts the process group ``torchrun`` describes in the environment (NCCL when this
+    rank has a GPU, else gloo). Returns ``(rank, world_size)``, or None when not launched
+    by torchrun with more than one process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+            dist.init_process_group(backend="nccl")
+        else:
+            dist.init_process_group(backend="gloo")
+    return active()
+
+
+def local_device(device: object) -> object:
+    """Under torchrun, ``"auto"``/``"cuda"`` means this rank's own GPU (``LOCAL_RANK``)."""
+    import torch
+
+    if str(device) in ("auto", "cuda") and torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
+        return f"cuda:{local}"
+    return device
+
+
+def gather(records: Dict[int, LayerResult]) -> Dict[int, LayerResult]:
+    """Every rank's records, merged, on every rank."""
+    import torch.distributed as dist
+
+    parts: List[Optional[Dict[int, LayerResult]]] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, records)
+    merged: Dict[int, LayerResult] = {}
+    for p in parts:
+        merged.update(p or {})
+    return merged

@@ -1,0 +1,103 @@
+"""Drives the layer stream through the SVD workers: one worker in this thread, or one
+thread per device pulling from the shared stream; the upload of the next layer is
+started before the current one is computed, and each finished layer is handed to a
+callback (checkpoint, progress) as soon as its statistics are known."""
+
+from __future__ import annotations
+
+import math
+import threading
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import _core
+from .results import LayerResult
+from .singular_values import SingularValueWorker
+
+OnRecord = Callable[[int, LayerResult], None]
+
+
+def measure(worker: SingularValueWorker, info: Dict[str, Any], matrix: Any, no_noise: str) -> LayerResult:
+    """The SPEC §2 numbers of one layer whose matrix is already on the worker's device."""
+    rows, cols = info["rows"], info["cols"]
+    s = worker.singular_values(matrix)
+    record = LayerResult(name=info["name"], type=info["type"], snr=math.nan, shape=(rows, cols),
+                         dtype=info["dtype"])
+    if s is None:
+        warnings.warn(f"{info['file']}: tensor {info['tensor']!r} holds NaN or Inf values; "
+                      f"its SNR is reported as NaN", RuntimeWarning, stacklevel=2)
+        return record
+    snr, sigma, thr, smax, n_signal = _core.spectrum_stats(np.ascontiguousarray(s, dtype=np.float64),
+                                                           rows, cols, no_noise == "inf")
+    record.snr, record.sigma, record.threshold = snr, sigma, thr
+    record.max_singular_value, record.n_signal = smax, n_signal
+    if math.isnan(snr):
+        warnings.warn(f"{info['file']}: tensor {info['tensor']!r} is all zeros (no spectrum); "
+                      f"its SNR is reported as NaN", RuntimeWarning, stacklevel=2)
+    return record
+
+
+def _run_one(worker: SingularValueWorker, next_item: Callable[[], Optional[Tuple[int, Any, str]]],
+             layers: List[Dict[str, Any]], no_noise: str, on_record: OnRecord,
+             stop: Optional[threading.Event] = None) -> None:
+    """One worker's loop, one layer ahead: the next layer's upload is queued before the
+    current layer is computed, so transfers overlap computation on a GPU."""
+    def upload(item: Optional[Tuple[int, Any, str]]) -> Optional[Tuple[int, Any]]:
+        if item is None:
+            return None
+        index, array, stored = item
+        info = layers[index]
+        return index, worker.to_matrix(array, stored, info["rows"], info["cols"])
+
+    current = upload(next_item())
+    while current is not None and not (stop is not None and stop.is_set()):
+        following = upload(next_item())
+        index, matrix = current
+        on_record(index, measure(worker, layers[index], matrix, no_noise))
+        current = following
+
+
+def run(stream: Any, workers: Sequence[SingularValueWorker], layers: List[Dict[str, Any]], no_noise: str,
+        on_record: OnRecord) -> None:
+    """Consumes ``stream`` with ``workers`` until it ends; re-raises the first error."""
+    if len(workers) == 1:
+        _run_one(workers[0], lambda: next(stream, None), layers, no_noise, on_record)
+        return
+    take, report = threading.Lock(), threading.Lock()
+    stop = threading.Event()
+    errors: List[BaseException] = []
+
+    def next_item() -> Optional[Tuple[int, Any, str]]:
+        if stop.is_set():
+            return None
+        with take:
+            return next(stream, None)
+
+    def record(index: int, rec: LayerResult) -> None:
+        with report:
+            on_record(index, rec)
+
+    def body(worker: SingularValueWorker) -> None:
+        try:
+            _run_one(worker, next_item, layers, no_noise, record, stop)
+        except BaseException as e:  # handed to the main thread
+            errors.append(e)
+            stop.set()
+
+    threads = [threading.Thread(target=body, args=(w,), name=f"spectrum-{w.device}", daemon=True)
+               for w in workers]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)
+    except KeyboardInterrupt:
+        stop.set()
+        for t in threads:
+            t.join()
+        raise
+    if errors:
+        raise errors[0]
