@@ -357,10 +357,6 @@ def test_real_minilm_parity(minilm, method):
         assert res.selected_by_type(pct) == oracle_selection(records, pct)
 
 
-@pytest.mark.xfail(strict=True, reason="scan.py: a tied lm_head is only reported when the embedding "
-                   "layer is scanned too; types=['lm_head', ...] on a tied model drops it (or, alone, "
-                   "fails with 'no layer matches'), while the reference lists lm_head for any "
-                   "selected type set that includes it (SPEC §1)")
 def test_tied_head_selected_by_type_alone(tmp_path):
     stored = cast(llama_tensors(seed=3, n_layers=2, hidden=64, kv=16, inter=96, vocab=128, tied=True,
                                 zero=None, tie_pair=None), "BF16")

@@ -99,6 +99,13 @@ def scan(
     catalog = _core.Catalog(paths)
     layers = catalog.layers()
     chosen = catalog.select(_as_list(types), _as_list(exclude), include_1d)
+    # A tied head has no tensor of its own: its numbers are the embedding's, which is
+    # scanned for it even when the embedding's own type was not asked for.
+    tied_source = _tied_head_source(paths, layers, types, exclude)
+    hidden = set()
+    if tied_source is not None and tied_source not in chosen:
+        hidden.add(tied_source)
+        chosen = sorted(chosen + [tied_source])
     if not chosen:
         raise SpectrumError(f"{paths[0]}: no layer matches the requested types "
                             f"(types={_as_list(types) or 'all'}, exclude={_as_list(exclude)})")
@@ -145,8 +152,15 @@ def scan(
     resumed = len(mine) - len(todo)
     if rank_world is not None:
         results = distributed.gather(results)
-    records = [results[i] for i in sorted(results)]
-    _add_tied_head(records, paths, types, exclude)
+    records = [results[i] for i in sorted(results) if i not in hidden]
+    if tied_source is not None:
+        src = results[tied_source]
+        records.append(LayerResult(name="lm_head", type="lm_head", snr=src.snr, shape=src.shape, dtype=src.dtype,
+                                   sigma=src.sigma, threshold=src.threshold,
+                                   max_singular_value=src.max_singular_value, n_signal=src.n_signal,
+                                   tied_to=src.name))
+        order = _core.natural_order([r.name for r in records])
+        records = [records[i] for i in order]
     if name is not None:
         model_name = name
     elif isinstance(model, (str, os.PathLike)):
@@ -173,28 +187,24 @@ def _numbers_settings(method: str, dtype: str, no_noise: str, names: List[str]) 
             "layer_names_sha256": digest}
 
 
-def _add_tied_head(records: List[LayerResult], paths: List[str], types: Any, exclude: Any) -> None:
-    """A model with tied embeddings stores no ``lm_head.weight``; the reference still lists
-    ``lm_head`` with the embedding's SNR (SPEC §1). So do we, marked as tied."""
+def _tied_head_source(paths: List[str], layers: List[dict], types: Any, exclude: Any) -> Optional[int]:
+    """With tied embeddings (``config.json``) the file holds no ``lm_head.weight``; the
+    reference still lists ``lm_head`` with the embedding's SNR (SPEC §1). Returns the index
+    of the embedding layer to report it from, or None when there is no tied head to
+    report (no tie, a real head, no embedding, or ``lm_head`` not selected)."""
     first = Path(paths[0])
     folder = first if first.is_dir() else first.parent
     if not ties_embeddings(read_config(folder)):
-        return
-    names = [r.name for r in records]
+        return None
+    names = [layer["name"] for layer in layers]
     if "lm_head" in names:
-        return
+        return None
     source = embedding_source(names)
     if source is None:
-        return
+        return None
     inc, exc = _as_list(types), _as_list(exclude)
     if inc and not any(_core.layer_matches(p, "lm_head", "lm_head") for p in inc):
-        return
+        return None
     if any(_core.layer_matches(p, "lm_head", "lm_head") for p in exc):
-        return
-    src = records[names.index(source)]
-    records.append(LayerResult(name="lm_head", type="lm_head", snr=src.snr, shape=src.shape,
-                               dtype=src.dtype, sigma=src.sigma, threshold=src.threshold,
-                               max_singular_value=src.max_singular_value, n_signal=src.n_signal,
-                               tied_to=source))
-    order = _core.natural_order([r.name for r in records])
-    records[:] = [records[i] for i in order]
+        return None
+    return names.index(source)

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 
 METHODS = ("gram", "svd")
+#: Elements of one block of rows converted at a time when forming a Gram matrix.
+GRAM_BLOCK_ELEMENTS = 1 << 25
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Stored dtypes that arrive as raw bytes and are converted on the device.
 _RAW = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
@@ -108,14 +110,30 @@ class SingularValueWorker:
         return self._singular_values(m.tensor)
 
     def _singular_values(self, w: torch.Tensor) -> Optional[np.ndarray]:
-        if not bool(torch.isfinite(w).all()):
-            return None
-        a = w.to(self._torch_dtype)
-        if a.shape[0] < a.shape[1]:
-            a = a.T  # tall: both methods work on the smaller side
+        a = w.T if w.shape[0] < w.shape[1] else w  # tall: both methods work on the smaller side
         if self.method == "svd":
-            s = torch.linalg.svdvals(a)
+            if not bool(torch.isfinite(a).all()):
+                return None
+            s = torch.linalg.svdvals(a.to(self._torch_dtype))
         else:
-            gram = a.T @ a
+            gram = self.gram(a)
+            # Every element of the matrix is in a diagonal sum of squares: one NaN or Inf
+            # anywhere shows there, without a pass over the whole matrix.
+            if not bool(torch.isfinite(torch.diagonal(gram)).all()):
+                return None
             s = torch.linalg.eigvalsh(gram).clamp_(min=0).sqrt_()
         return s.to("cpu", torch.float64).numpy()
+
+    def gram(self, a: torch.Tensor) -> torch.Tensor:
+        """``a.T @ a`` in this worker's dtype, accumulated over blocks of rows so that a
+        tall matrix (an embedding) is never copied whole into the wider dtype."""
+        rows, cols = a.shape
+        step = max(1024, GRAM_BLOCK_ELEMENTS // max(cols, 1))
+        if rows <= step:
+            b = a.to(self._torch_dtype)
+            return b.T @ b
+        g = torch.zeros(cols, cols, dtype=self._torch_dtype, device=a.device)
+        for start in range(0, rows, step):
+            b = a[start:start + step].to(self._torch_dtype)
+            g.addmm_(b.T, b)
+        return g
