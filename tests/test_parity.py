@@ -292,9 +292,9 @@ def outlier_model(tmp_path_factory):
 
 
 def test_float64_is_needed_for_outlier_matrices(outlier_model):
-    """The proof of the default ``dtype="float64"``: with a rank-1 outlier ~1000x the bulk,
-    float32 Gram eigenvalues lose the bulk's singular values beyond SPEC's 1e-4 bound,
-    float64 meets it."""
+    """Why ``dtype="auto"`` falls back: with a rank-1 outlier ~1000x the bulk, float32
+    Gram eigenvalues lose the bulk's singular values beyond SPEC's 1e-4 bound, float64
+    meets it, and the default recomputes exactly those matrices in float64."""
     folder, stored = outlier_model
     expected = {k[:-7]: oracle_snr(v) for k, v in stored.items()}
     r64 = spectrum_rs.scan(folder, method="gram", dtype="float64")
@@ -302,8 +302,31 @@ def test_float64_is_needed_for_outlier_matrices(outlier_model):
     r32 = spectrum_rs.scan(folder, method="gram", dtype="float32")
     errors = {n: abs(r32[n].snr - s) / abs(s) for n, s in expected.items()}
     assert max(errors.values()) > REL_TOL, errors
-    # The default is the one that meets the bound.
-    assert_snrs_match(spectrum_rs.scan(folder), expected)
+    # The default meets the bound, because it took the float64 route for these.
+    auto = spectrum_rs.scan(folder)
+    assert_snrs_match(auto, expected)
+    assert [r.snr for r in auto] == [r.snr for r in r64]
+
+
+def test_auto_dtype_meets_the_bound_across_outlier_strengths(tmp_path):
+    """A sweep from no outlier to a dominant one: ``dtype="auto"`` keeps float32 where its
+    error is far inside the bound (bit-identical to ``dtype="float32"``), and every SNR
+    agrees with the oracle to 1e-4."""
+    rng = np.random.default_rng(5)
+    stored = {}
+    for i, strength in enumerate([0, 1, 3, 10, 30, 100, 300, 1000]):
+        n, m = [(96, 96), (128, 64), (64, 200), (160, 160)][i % 4]
+        w = rng.standard_normal((n, m)) * 0.02
+        w += strength * 0.02 / np.sqrt(m) * np.outer(rng.standard_normal(n), rng.standard_normal(m))
+        stored[f"model.layers.{i}.mlp.up_proj.weight"] = torch.from_numpy(w).to(torch.bfloat16)
+    folder = write_single(tmp_path, stored)
+    expected = {k[:-7]: oracle_snr(v) for k, v in stored.items()}
+    auto = spectrum_rs.scan(folder)
+    assert_snrs_match(auto, expected)
+    f32 = spectrum_rs.scan(folder, dtype="float32")
+    same = [a.snr == b.snr for a, b in zip(auto, f32)]
+    assert same[:3] == [True, True, True], "benign spectra stay in float32"
+    assert not all(same), "the strongest outliers went to float64"
 
 
 def test_svd_method_meets_bound_on_outliers(outlier_model):

@@ -53,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
     s.add_argument("--method", choices=["gram", "svd"], default="gram", help="singular values from the Gram "
                    "matrix (default) or a full SVD")
-    s.add_argument("--dtype", choices=["float64", "float32"], default="float64",
-                   help="precision of the singular values (default float64)")
+    s.add_argument("--dtype", choices=["auto", "float32", "float64"], default="auto",
+                   help="precision of the Gram matrix: auto (default: float32, float64 where the spectrum "
+                        "needs it), float32 or float64")
     s.add_argument("--no-noise", choices=["one", "inf"], default="one",
                    help="SNR when nothing is below the threshold: 'one' (current reference) or 'inf' (older)")
     s.add_argument("--out", default=".", help="folder for model_snr_results/ (default: current folder)")
