@@ -2,7 +2,6 @@
 stop on Ctrl-C that keeps the checkpoint usable."""
 
 import io
-import os
 import signal
 import subprocess
 import sys

@@ -5,6 +5,7 @@ describes."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -96,8 +97,9 @@ def scan(
     if not (0 <= float(top_percent) <= 100):
         raise ValueError(f"top_percent must be between 0 and 100, got {top_percent}")
     paths = _model_paths(model, download)
+    rank_world = distributed.active() if distributed_scan is not False else None
     workers = [SingularValueWorker(device=d, method=method, dtype=dtype) for d in
-               resolve_devices(distributed.local_device(device) if distributed.active() else device)]
+               resolve_devices(distributed.local_device(device) if rank_world else device)]
     catalog = _core.Catalog(paths)
     layers = catalog.layers()
     chosen = catalog.select(_as_list(types), _as_list(exclude), include_1d)
@@ -111,7 +113,6 @@ def scan(
     if not chosen:
         raise SpectrumError(f"{paths[0]}: no layer matches the requested types "
                             f"(types={_as_list(types) or 'all'}, exclude={_as_list(exclude)})")
-    rank_world = distributed.active() if distributed_scan is not False else None
     mine = chosen
     if rank_world is not None:
         rank, world = rank_world
@@ -157,10 +158,7 @@ def scan(
     records = [results[i] for i in sorted(results) if i not in hidden]
     if tied_source is not None:
         src = results[tied_source]
-        records.append(LayerResult(name="lm_head", type="lm_head", snr=src.snr, shape=src.shape, dtype=src.dtype,
-                                   sigma=src.sigma, threshold=src.threshold,
-                                   max_singular_value=src.max_singular_value, n_signal=src.n_signal,
-                                   tied_to=src.name))
+        records.append(dataclasses.replace(src, name="lm_head", type="lm_head", tied_to=src.name))
         order = _core.natural_order([r.name for r in records])
         records = [records[i] for i in order]
     if name is not None:
@@ -170,11 +168,12 @@ def scan(
     else:
         model_name = os.path.commonpath(paths)
     settings = {
-        "method": method, "dtype": dtype, "device": ", ".join(str(w.device) for w in workers), "no_noise": no_noise,
-        "include_1d": include_1d, "types": _as_list(types), "exclude": _as_list(exclude),
-        "seconds": round(time.perf_counter() - start, 3),
-        "resumed_layers": resumed, "processes": rank_world[1] if rank_world else 1,
-        "checkpoint": os.fspath(checkpoint) if checkpoint is not None else None, "model_path": paths[0] if len(paths) == 1 else paths,
+        "method": method, "dtype": dtype, "device": ", ".join(str(w.device) for w in workers),
+        "no_noise": no_noise, "include_1d": include_1d, "types": _as_list(types), "exclude": _as_list(exclude),
+        "seconds": round(time.perf_counter() - start, 3), "resumed_layers": resumed,
+        "processes": rank_world[1] if rank_world else 1,
+        "checkpoint": os.fspath(checkpoint) if checkpoint is not None else None,
+        "model_path": paths[0] if len(paths) == 1 else paths,
     }
     return ScanResult(model_name=model_name, layers=records, top_percent=float(top_percent),
                       settings=settings)
