@@ -72,6 +72,8 @@ pub struct Catalog {
     pub shards: Vec<Shard>,
     pub tensors: Vec<TensorEntry>,
     pub layers: Vec<Layer>,
+    /// The FP8 scale block `(rows, cols)` the model's config declares, if any.
+    pub scale_block: Option<(usize, usize)>,
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -303,20 +305,28 @@ impl Catalog {
     }
 
     fn build_layers(&mut self, by_name: &HashMap<String, usize>) {
-        let mut layers = Vec::new();
-        for (ti, t) in self.tensors.iter().enumerate() {
-            // A layer owns a `*.weight`; stacked experts may be stored without the suffix.
-            if !(t.name.ends_with(".weight") || t.shape.len() == 3) || t.shape.is_empty() {
-                continue;
-            }
-            let name = layer_name(&t.name).to_string();
-            let scale = if is_fp8(t.dtype) {
+        // FP8 weights and their scale tensors (which are not layers themselves).
+        let scale_of: HashMap<usize, usize> = self
+            .tensors
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| is_fp8(t.dtype))
+            .filter_map(|(ti, t)| {
                 [format!("{}_scale_inv", t.name), format!("{}_scale", t.name)]
                     .iter()
                     .find_map(|n| by_name.get(n).copied())
-            } else {
-                None
-            };
+                    .map(|s| (ti, s))
+            })
+            .collect();
+        let scales: BTreeSet<usize> = scale_of.values().copied().collect();
+        let mut layers = Vec::new();
+        for (ti, t) in self.tensors.iter().enumerate() {
+            // A layer owns a `*.weight`; stacked experts may be stored without the suffix.
+            if !(t.name.ends_with(".weight") || t.shape.len() == 3) || t.shape.is_empty() || scales.contains(&ti) {
+                continue;
+            }
+            let name = layer_name(&t.name).to_string();
+            let scale = scale_of.get(&ti).copied();
             let whole = Part { tensor: ti, expert: None };
             let mut push = |name: String, weight: Part, rows: usize, cols: usize| {
                 layers.push(Layer { kind: layer_type(&name), name, weight, scale, rows, cols })

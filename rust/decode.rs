@@ -108,15 +108,38 @@ pub fn block_side(n: usize, s: usize) -> usize {
     }
 }
 
+/// The `(rows, cols)` block each of `sr x sc` scales covers: the model's configured
+/// block (`weight_block_size` in its config) or, without one, `block_side` per
+/// dimension. `None` when that tiling does not produce exactly `sr x sc` blocks.
+pub fn scale_blocks(
+    rows: usize,
+    cols: usize,
+    sr: usize,
+    sc: usize,
+    configured: Option<(usize, usize)>,
+) -> Option<(usize, usize)> {
+    if rows == 0 || cols == 0 || sr == 0 || sc == 0 {
+        return None;
+    }
+    let (br, bc) = match configured {
+        // A per-tensor or per-row scale ignores the block size.
+        Some((br, bc)) if br > 0 && bc > 0 => (
+            if sr == 1 { rows } else if sr == rows { 1 } else { br },
+            if sc == 1 { cols } else if sc == cols { 1 } else { bc },
+        ),
+        _ => (block_side(rows, sr), block_side(cols, sc)),
+    };
+    (rows.div_ceil(br) == sr && cols.div_ceil(bc) == sc).then_some((br, bc))
+}
+
 /// Multiplies a `rows x cols` matrix by a scale tensor of shape `(sr, sc)` (a scalar,
-/// one scale per row, or one per block), each scale covering a
-/// `block_side(rows, sr) x block_side(cols, sc)` block, as FP8 checkpoints store them.
-pub fn apply_scale(w: &mut [f32], rows: usize, cols: usize, scale: &[f32], sr: usize, sc: usize) {
+/// one scale per row, or one per block), each scale covering a `br x bc` block (from
+/// `scale_blocks`), as FP8 checkpoints store them.
+pub fn apply_scale(w: &mut [f32], rows: usize, cols: usize, scale: &[f32], sr: usize, sc: usize, block: (usize, usize)) {
     if rows == 0 || cols == 0 || sr == 0 || sc == 0 {
         return;
     }
-    let br = block_side(rows, sr);
-    let bc = block_side(cols, sc);
+    let (br, bc) = block;
     for i in 0..rows {
         let srow = &scale[(i / br).min(sr - 1) * sc..][..sc];
         let row = &mut w[i * cols..(i + 1) * cols];
@@ -177,10 +200,10 @@ mod tests {
     fn block_scales_cover_ragged_edges() {
         // 3x3 matrix of ones, 2x2 scale blocks of size ceil(3/2)=2.
         let mut w = vec![1f32; 9];
-        apply_scale(&mut w, 3, 3, &[1.0, 2.0, 3.0, 4.0], 2, 2);
+        apply_scale(&mut w, 3, 3, &[1.0, 2.0, 3.0, 4.0], 2, 2, scale_blocks(3, 3, 2, 2, None).unwrap());
         assert_eq!(w, vec![1.0, 1.0, 2.0, 1.0, 1.0, 2.0, 3.0, 3.0, 4.0]);
         let mut w = vec![2f32; 4];
-        apply_scale(&mut w, 2, 2, &[0.5], 1, 1);
+        apply_scale(&mut w, 2, 2, &[0.5], 1, 1, scale_blocks(2, 2, 1, 1, None).unwrap());
         assert_eq!(w, vec![1.0; 4]);
     }
 
@@ -194,8 +217,23 @@ mod tests {
         assert_eq!(block_side(96, 96), 1); // per-row scales
         assert_eq!(block_side(300, 1), 300); // per-tensor
         let mut w = vec![1f32; 200];
-        apply_scale(&mut w, 200, 1, &[1.0, 2.0], 2, 1);
+        apply_scale(&mut w, 200, 1, &[1.0, 2.0], 2, 1, scale_blocks(200, 1, 2, 1, None).unwrap());
         assert_eq!(w[127], 1.0);
         assert_eq!(w[128], 2.0);
+    }
+
+    #[test]
+    fn configured_blocks_and_inconsistent_tilings() {
+        // weight_block_size [96, 96]: 200 rows in 3 blocks (96, 96, 8), 300 cols in 4.
+        assert_eq!(scale_blocks(200, 300, 3, 4, Some((96, 96))), Some((96, 96)));
+        // Without the config: 3 row scales over 200 rows read as ceil(200/3) = 67 (128
+        // would give 2 blocks), 3 column scales over 300 as 128-wide tiles.
+        assert_eq!(scale_blocks(200, 300, 3, 3, None), Some((67, 128)));
+        // Per-tensor and per-row scales whatever the configured block.
+        assert_eq!(scale_blocks(200, 300, 1, 1, Some((128, 128))), Some((200, 300)));
+        assert_eq!(scale_blocks(200, 300, 200, 1, Some((128, 128))), Some((1, 300)));
+        // 6 scales cannot tile 10 values evenly (blocks of 2 give 5).
+        assert_eq!(scale_blocks(10, 4, 6, 1, None), None);
+        assert_eq!(scale_blocks(200, 300, 2, 3, Some((96, 96))), None);
     }
 }

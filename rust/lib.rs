@@ -44,9 +44,12 @@ struct Catalog {
 #[pymethods]
 impl Catalog {
     /// Opens a folder, an index file, one `.safetensors` file, or a list of files.
+    /// `scale_block`: the FP8 block size `(rows, cols)` from the model's config.
     #[new]
-    fn new(py: Python<'_>, paths: Vec<PathBuf>) -> PyResult<Self> {
-        let cat = py.detach(|| CoreCatalog::open(&paths)).map_err(to_py)?;
+    #[pyo3(signature = (paths, scale_block=None))]
+    fn new(py: Python<'_>, paths: Vec<PathBuf>, scale_block: Option<(usize, usize)>) -> PyResult<Self> {
+        let mut cat = py.detach(|| CoreCatalog::open(&paths)).map_err(to_py)?;
+        cat.scale_block = scale_block;
         Ok(Catalog { inner: Arc::new(cat) })
     }
 

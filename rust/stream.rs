@@ -16,7 +16,7 @@ use memmap2::{Advice, Mmap, UncheckedAdvice};
 use safetensors::tensor::Dtype;
 
 use crate::catalog::{Catalog, Part};
-use crate::decode::{apply_scale, decode_into, element_size};
+use crate::decode::{apply_scale, decode_into, element_size, scale_blocks};
 use crate::error::{Result, SpectrumError};
 
 /// What the worker receives for one layer.
@@ -263,24 +263,38 @@ fn read_one(
         let mut w = decode_part(cat, map, layer.weight)?;
         if let Some(s) = layer.scale {
             let st = &cat.tensors[s];
+            // One expert of a stacked weight takes the same slice of stacked scales.
+            let stacked = st.shape.len() == 3 && layer.weight.expert.is_some();
+            let part = Part { tensor: s, expert: if stacked { layer.weight.expert } else { None } };
             let scale = if st.shard == shard {
-                decode_part(cat, map, Part { tensor: s, expert: None })?
+                decode_part(cat, map, part)?
             } else {
                 let other = map_shard(cat, st.shard)?;
-                decode_part(cat, &other, Part { tensor: s, expert: None })?
+                decode_part(cat, &other, part)?
             };
-            let (sr, sc) = match st.shape.len() {
+            let dims = if stacked { &st.shape[1..] } else { &st.shape[..] };
+            let (sr, sc) = match dims.len() {
                 0 => (1, 1),
-                1 => (st.shape[0], 1),
-                _ => (st.shape[0], st.shape[1..].iter().product()),
+                1 => (dims[0], 1),
+                _ => (dims[0], dims[1..].iter().product()),
             };
-            if sr * sc != scale.len() || sr == 0 || sc == 0 || sr > layer.rows.max(1) || sc > layer.cols.max(1) {
-                return Err(SpectrumError::file(
-                    &cat.shards[st.shard].path,
-                    format!("scale tensor {:?} of shape {:?} does not fit weight {:?}", st.name, st.shape, t.name),
-                ));
-            }
-            apply_scale(&mut w, layer.rows, layer.cols, &scale, sr, sc);
+            let blocks = (sr * sc == scale.len())
+                .then(|| scale_blocks(layer.rows, layer.cols, sr, sc, cat.scale_block))
+                .flatten()
+                .ok_or_else(|| {
+                    SpectrumError::file(
+                        &cat.shards[st.shard].path,
+                        format!(
+                            "scale tensor {:?} of shape {:?} does not tile weight {:?} of shape {:?}{}",
+                            st.name,
+                            st.shape,
+                            t.name,
+                            t.shape,
+                            cat.scale_block.map(|b| format!(" in blocks of {b:?}")).unwrap_or_default()
+                        ),
+                    )
+                })?;
+            apply_scale(&mut w, layer.rows, layer.cols, &scale, sr, sc, blocks);
         }
         Payload::F32(w)
     };

@@ -360,6 +360,44 @@ def test_fp8_per_channel_scale_and_e5m2(tmp_path):
     assert_snrs_match(spectrum_rs.scan(tmp_path), expected)
 
 
+def test_fp8_block_size_from_config(tmp_path):
+    """A checkpoint quantised in 96-wide tiles says so in ``weight_block_size``; without
+    that the 3 x 4 scales of a 200 x 300 weight would be read as other tiles."""
+    rng = np.random.default_rng(43)
+    w = noisy_low_rank(rng, 200, 300, 2.0, rank=2) * np.where(np.arange(200)[:, None] < 150, 1.0, 8.0)
+    q, scale = _fp8_with_block_scales(w, block=96)
+    assert tuple(scale.shape) == (3, 4)
+    write_single(tmp_path, {"model.layers.0.mlp.down_proj.weight": q,
+                            "model.layers.0.mlp.down_proj.weight_scale_inv": scale},
+                 config={"quantization_config": {"quant_method": "fp8", "weight_block_size": [96, 96]}})
+    expected = {"model.layers.0.mlp.down_proj": oracle_snr(_dequant(q, scale, block=96))}
+    assert_snrs_match(spectrum_rs.scan(tmp_path), expected)
+
+
+def test_fp8_stacked_experts_take_their_slice_of_stacked_scales(tmp_path):
+    rng = np.random.default_rng(44)
+    qs, ss, expected = [], [], {}
+    for e in range(3):
+        w = noisy_low_rank(rng, 256, 128, 2.0 + 3 * e, rank=2) * (1 + 10 * e)
+        q, s = _fp8_with_block_scales(w)
+        qs.append(q.view(torch.uint8))
+        ss.append(s)
+        expected[f"model.layers.0.mlp.experts.down_proj.{e}"] = oracle_snr(_dequant(q, s))
+    write_single(tmp_path, {
+        "model.layers.0.mlp.experts.down_proj.weight": torch.stack(qs).view(torch.float8_e4m3fn),
+        "model.layers.0.mlp.experts.down_proj.weight_scale_inv": torch.stack(ss),
+    })
+    assert_snrs_match(spectrum_rs.scan(tmp_path), expected)
+
+
+def test_fp8_scale_that_does_not_tile_the_weight_is_an_error(tmp_path):
+    q = torch.zeros(10, 4).to(torch.float8_e4m3fn)
+    f = write_single(tmp_path, {"a.weight": q, "a.weight_scale_inv": torch.ones(6, 1)}) / "model.safetensors"
+    with pytest.raises(spectrum_rs.SpectrumError, match="does not tile") as e:
+        spectrum_rs.scan(tmp_path)
+    assert str(f) in str(e.value)
+
+
 # --------------------------------------------------------------------------- window
 
 

@@ -1,11 +1,11 @@
 """What ``config.json`` beside the weights says that changes the report: tied input and
-output embeddings (SPEC §1)."""
+output embeddings (SPEC §1) and the block size of FP8 weight scales."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 _EMBEDDING_SUFFIXES = ("embed_tokens", "word_embeddings", "wte", "embed_in", "tok_embeddings")
 
@@ -44,4 +44,16 @@ def embedding_source(layer_names: list) -> Optional[str]:
         for name in layer_names:
             if name.split(".")[-1] == suffix:
                 return name
+    return None
+
+
+def fp8_scale_block(config: Dict[str, Any]) -> Optional[Tuple[int, int]]:
+    """``quantization_config.weight_block_size`` (``[128, 128]`` in DeepSeek-V3 and
+    Qwen3-FP8 configs), or None when the config declares none or declares it badly."""
+    for c in (config, config.get("text_config") or {}):
+        q = c.get("quantization_config") if isinstance(c, dict) else None
+        block = q.get("weight_block_size") if isinstance(q, dict) else None
+        if (isinstance(block, (list, tuple)) and len(block) == 2
+                and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in block)):
+            return int(block[0]), int(block[1])
     return None

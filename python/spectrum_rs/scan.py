@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Unio
 from . import _core, distributed, pipeline
 from ._core import SpectrumError
 from .checkpoint import Checkpoint, identity
-from .model_config import embedding_source, read_config, ties_embeddings
+from .model_config import embedding_source, fp8_scale_block, read_config, ties_embeddings
 from .model_source import default_name, resolve_model
 from .progress import Progress
 from .results import LayerResult, ScanResult
@@ -100,12 +100,13 @@ def scan(
     rank_world = distributed.active() if distributed_scan is not False else None
     workers = [SingularValueWorker(device=d, method=method, dtype=dtype) for d in
                resolve_devices(distributed.local_device(device) if rank_world else device)]
-    catalog = _core.Catalog(paths)
+    config = read_config(_model_folder(paths))
+    catalog = _core.Catalog(paths, scale_block=fp8_scale_block(config))
     layers = catalog.layers()
     chosen = catalog.select(_as_list(types), _as_list(exclude), include_1d)
     # A tied head has no tensor of its own: its numbers are the embedding's, which is
     # scanned for it even when the embedding's own type was not asked for.
-    tied_source = _tied_head_source(paths, layers, types, exclude)
+    tied_source = _tied_head_source(config, layers, types, exclude)
     hidden = set()
     if tied_source is not None and tied_source not in chosen:
         hidden.add(tied_source)
@@ -188,14 +189,17 @@ def _numbers_settings(method: str, dtype: str, no_noise: str, names: List[str]) 
             "layer_names_sha256": digest}
 
 
-def _tied_head_source(paths: List[str], layers: List[dict], types: Any, exclude: Any) -> Optional[int]:
+def _model_folder(paths: List[str]) -> Path:
+    first = Path(paths[0])
+    return first if first.is_dir() else first.parent
+
+
+def _tied_head_source(config: dict, layers: List[dict], types: Any, exclude: Any) -> Optional[int]:
     """With tied embeddings (``config.json``) the file holds no ``lm_head.weight``; the
     reference still lists ``lm_head`` with the embedding's SNR (SPEC §1). Returns the index
     of the embedding layer to report it from, or None when there is no tied head to
     report (no tie, a real head, no embedding, or ``lm_head`` not selected)."""
-    first = Path(paths[0])
-    folder = first if first.is_dir() else first.parent
-    if not ties_embeddings(read_config(folder)):
+    if not ties_embeddings(config):
         return None
     names = [layer["name"] for layer in layers]
     if "lm_head" in names:
