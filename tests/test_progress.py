@@ -32,6 +32,25 @@ def test_callback_sees_every_layer_and_the_byte_totals(tmp_path):
     assert {c[4] for c in calls} == {f"model.layers.{i}.mlp.up_proj" for i in range(5)}
 
 
+def test_an_interrupted_api_scan_hands_back_the_finished_layers(tmp_path):
+    f = small_model(tmp_path / "m.safetensors")
+    full = spectrum_rs.scan(f)
+
+    def ctrl_c_after_two(done, *_):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    try:
+        spectrum_rs.scan(f, progress=ctrl_c_after_two)
+    except spectrum_rs.ScanInterrupted as e:
+        assert isinstance(e, KeyboardInterrupt)
+        assert len(e.partial) == 2
+        assert [(r.name, r.snr) for r in e.partial] == [(r.name, r.snr) for r in full if r.name in
+                                                        {p.name for p in e.partial}]
+    else:
+        raise AssertionError("the scan should have been interrupted")
+
+
 class Terminal(io.StringIO):
     def isatty(self):
         return True

@@ -12,7 +12,7 @@ layers to train::
 
 from ._core import SpectrumError
 from .results import LayerResult, ScanResult
-from .scan import scan
+from .scan import ScanInterrupted, scan
 
 __version__ = "0.1.0"
-__all__ = ["scan", "ScanResult", "LayerResult", "SpectrumError", "__version__"]
+__all__ = ["scan", "ScanResult", "LayerResult", "ScanInterrupted", "SpectrumError", "__version__"]

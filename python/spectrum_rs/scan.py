@@ -146,38 +146,52 @@ def scan(
     start = time.perf_counter()
     stream = catalog.stream(todo, window_bytes=max(int(window_bytes), 1),
                             raw=all(w.wants_raw for w in workers))
-    try:
-        pipeline.run(stream, workers, layers, no_noise, finished)
-    finally:
-        stream.close()
-        bar.close()
-        if ck is not None:
-            ck.close()
-    resumed = len(mine) - len(todo)
-    if rank_world is not None:
-        results = distributed.gather(results)
-    records = [results[i] for i in sorted(results) if i not in hidden]
-    if tied_source is not None:
-        src = results[tied_source]
-        records.append(dataclasses.replace(src, name="lm_head", type="lm_head", tied_to=src.name))
-        order = _core.natural_order([r.name for r in records])
-        records = [records[i] for i in order]
     if name is not None:
         model_name = name
     elif isinstance(model, (str, os.PathLike)):
         model_name = default_name(os.fspath(model))
     else:
         model_name = os.path.commonpath(paths)
-    settings = {
-        "method": method, "dtype": dtype, "device": ", ".join(str(w.device) for w in workers),
-        "no_noise": no_noise, "include_1d": include_1d, "types": _as_list(types), "exclude": _as_list(exclude),
-        "seconds": round(time.perf_counter() - start, 3), "resumed_layers": resumed,
-        "processes": rank_world[1] if rank_world else 1,
-        "checkpoint": os.fspath(checkpoint) if checkpoint is not None else None,
-        "model_path": paths[0] if len(paths) == 1 else paths,
-    }
-    return ScanResult(model_name=model_name, layers=records, top_percent=float(top_percent),
-                      settings=settings)
+
+    def result(records_by_index: Dict[int, LayerResult]) -> ScanResult:
+        records = [records_by_index[i] for i in sorted(records_by_index) if i not in hidden]
+        if tied_source is not None and tied_source in records_by_index:
+            src = records_by_index[tied_source]
+            records.append(dataclasses.replace(src, name="lm_head", type="lm_head", tied_to=src.name))
+            records = [records[i] for i in _core.natural_order([r.name for r in records])]
+        settings = {
+            "method": method, "dtype": dtype, "device": ", ".join(str(w.device) for w in workers),
+            "no_noise": no_noise, "include_1d": include_1d, "types": _as_list(types),
+            "exclude": _as_list(exclude), "seconds": round(time.perf_counter() - start, 3),
+            "resumed_layers": len(mine) - len(todo), "processes": rank_world[1] if rank_world else 1,
+            "checkpoint": os.fspath(checkpoint) if checkpoint is not None else None,
+            "model_path": paths[0] if len(paths) == 1 else paths,
+        }
+        return ScanResult(model_name=model_name, layers=records, top_percent=float(top_percent),
+                          settings=settings)
+
+    try:
+        pipeline.run(stream, workers, layers, no_noise, finished)
+    except KeyboardInterrupt:
+        # Nothing computed is lost: the layers finished so far travel with the exception
+        # (and are in the checkpoint, when there is one).
+        raise ScanInterrupted(result(dict(results))) from None
+    finally:
+        stream.close()
+        bar.close()
+        if ck is not None:
+            ck.close()
+    if rank_world is not None:
+        results = distributed.gather(results)
+    return result(results)
+
+
+class ScanInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a scan. ``partial`` holds every layer finished before it."""
+
+    def __init__(self, partial: ScanResult) -> None:
+        super().__init__(f"scan interrupted after {len(partial)} of the requested layers")
+        self.partial = partial
 
 
 def _numbers_settings(method: str, dtype: str, no_noise: str, names: List[str]) -> dict:
