@@ -143,6 +143,9 @@ pub fn natural_key(s: &str) -> Vec<(u8, u128, String)> {
         let run = &s[start..i];
         if digit {
             key.push((0, run.parse::<u128>().unwrap_or(u128::MAX), run.to_string()));
+        } else if run.starts_with("decoder") {
+            // Encoder-decoder models define the encoder first.
+            key.push((2, 0, run.to_string()));
         } else {
             key.push((1, 0, run.to_string()));
         }
@@ -151,7 +154,7 @@ pub fn natural_key(s: &str) -> Vec<(u8, u128, String)> {
 }
 
 /// The files a path stands for, and the names the index gives (when there is one).
-fn resolve(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Option<(PathBuf, HashMap<String, String>)>)> {
+fn resolve(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Option<(PathBuf, HashMap<String, PathBuf>)>)> {
     if paths.is_empty() {
         return Err(SpectrumError::input("no model path given"));
     }
@@ -206,9 +209,9 @@ fn resolve(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Option<(PathBuf, HashMap<
     Ok((files, None))
 }
 
-/// Reads `weight_map` of an index file; returns its shards (in first-mention order) and
-/// the tensor -> shard file map.
-fn read_index(index: &Path) -> Result<(Vec<PathBuf>, HashMap<String, String>)> {
+/// Reads `weight_map` of an index file; returns its shard files (in natural order) and
+/// the tensor -> shard file map. Shards are named relative to the index's folder.
+fn read_index(index: &Path) -> Result<(Vec<PathBuf>, HashMap<String, PathBuf>)> {
     let text = std::fs::read_to_string(index).map_err(|e| SpectrumError::file(index, format!("cannot read: {e}")))?;
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| SpectrumError::file(index, format!("index is not valid JSON ({e})")))?;
@@ -226,10 +229,17 @@ fn read_index(index: &Path) -> Result<(Vec<PathBuf>, HashMap<String, String>)> {
         let file = map[k]
             .as_str()
             .ok_or_else(|| SpectrumError::file(index, format!("weight_map entry {k:?} is not a file name")))?;
+        let rel = Path::new(file);
+        if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return Err(SpectrumError::file(
+                index,
+                format!("weight_map entry {k:?} names {file:?}, which is not inside the model folder"),
+            ));
+        }
         if seen.insert(file.to_string()) {
             shards.push(file.to_string());
         }
-        names.insert(k.clone(), file.to_string());
+        names.insert(k.clone(), dir.join(rel));
     }
     if shards.is_empty() {
         return Err(SpectrumError::file(index, "index weight_map is empty"));
@@ -257,12 +267,11 @@ impl Catalog {
         let mut by_name: HashMap<String, usize> = HashMap::new();
         for (si, path) in files.iter().enumerate() {
             let (shard, data_start, meta) = read_header(path)?;
-            let file_name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
             for name in meta.offset_keys() {
                 if let Some((_, map)) = &index {
                     // Names come from the index: a tensor the index does not place in
                     // this shard is not part of the model.
-                    if map.get(&name).map(String::as_str) != Some(file_name.as_str()) {
+                    if map.get(&name) != Some(path) {
                         continue;
                     }
                 }
@@ -289,14 +298,18 @@ impl Catalog {
             cat.shards.push(shard);
         }
         if let Some((index_path, map)) = &index {
-            let mut missing: Vec<(&String, &String)> =
+            let mut missing: Vec<(&String, &PathBuf)> =
                 map.iter().filter(|(k, _)| !by_name.contains_key(*k)).collect();
             if !missing.is_empty() {
                 missing.sort();
                 let (name, file) = missing[0];
                 return Err(SpectrumError::file(
                     index_path,
-                    format!("tensor {name:?} is listed in {file} but that file does not hold it ({} such tensors)", missing.len()),
+                    format!(
+                        "tensor {name:?} is listed in {} but that file does not hold it ({} such tensors)",
+                        file.display(),
+                        missing.len()
+                    ),
                 ));
             }
         }
@@ -321,8 +334,10 @@ impl Catalog {
         let scales: BTreeSet<usize> = scale_of.values().copied().collect();
         let mut layers = Vec::new();
         for (ti, t) in self.tensors.iter().enumerate() {
-            // A layer owns a `*.weight`; stacked experts may be stored without the suffix.
-            if !(t.name.ends_with(".weight") || t.shape.len() == 3) || t.shape.is_empty() || scales.contains(&ti) {
+            let weight = t.name.ends_with(".weight");
+            let experts = is_stacked_experts(t);
+            // A layer owns a `*.weight`; fused experts may be stored without the suffix.
+            if !(weight || experts) || t.shape.is_empty() || scales.contains(&ti) {
                 continue;
             }
             let name = layer_name(&t.name).to_string();
@@ -335,7 +350,7 @@ impl Catalog {
             match shape.len() {
                 1 => push(name, whole, 1, shape[0]),
                 2 => push(name, whole, shape[0], shape[1]),
-                3 => {
+                3 if experts => {
                     for e in 0..shape[0] {
                         push(format!("{name}.{e}"), Part { tensor: ti, expert: Some(e) }, shape[1], shape[2]);
                     }
@@ -397,6 +412,17 @@ impl Catalog {
         };
         w + layer.scale.map(|s| self.tensors[s].end - self.tensors[s].begin).unwrap_or(0)
     }
+}
+
+/// A fused tensor of stacked experts `[E, out, in]` (SPEC §1): 3-D, a float type, a
+/// `experts` part in its name, and data for every expert (a header declaring millions of
+/// empty experts is not split).
+pub fn is_stacked_experts(t: &TensorEntry) -> bool {
+    t.shape.len() == 3
+        && is_float(t.dtype)
+        && t.name.split('.').any(|p| p == "experts")
+        && t.end > t.begin
+        && t.shape[0] <= t.end - t.begin
 }
 
 pub fn is_fp8(d: Dtype) -> bool {

@@ -265,6 +265,15 @@ fn read_one(
             let st = &cat.tensors[s];
             // One expert of a stacked weight takes the same slice of stacked scales.
             let stacked = st.shape.len() == 3 && layer.weight.expert.is_some();
+            if stacked && st.shape[0] != t.shape[0] {
+                return Err(SpectrumError::file(
+                    &cat.shards[st.shard].path,
+                    format!(
+                        "scale tensor {:?} of shape {:?} does not stack the {} experts of {:?}",
+                        st.name, st.shape, t.shape[0], t.name
+                    ),
+                ));
+            }
             let part = Part { tensor: s, expert: if stacked { layer.weight.expert } else { None } };
             let scale = if st.shard == shard {
                 decode_part(cat, map, part)?

@@ -5,14 +5,17 @@ window, and the raw stream of ``spectrum_rs._core.Catalog``."""
 from __future__ import annotations
 
 import fnmatch
+import json
 import math
 import re
+import struct
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 import spectrum_rs
 from spectrum_rs import SpectrumError
@@ -30,6 +33,7 @@ from conftest import (
     oracle_for,
     oracle_selection,
     oracle_snr,
+    raw_safetensors,
     same_number,
     spec_type,
     write_sharded,
@@ -270,6 +274,64 @@ def test_stacked_experts_become_one_layer_each(moe_model):
         assert res.selected_by_type(pct) == oracle_selection(records, pct)
 
 
+def test_expert_yaml_lines_name_the_fused_parameter_once(moe_model):
+    folder, _ = moe_model
+    res = spectrum_rs.scan(folder)
+    yaml_text = res.save(folder.parent / "out", 100)["yaml"].read_text()
+    lines = yaml_text.splitlines()
+    # Every expert is selected at 100 %, but a trainer can only unfreeze the fused tensor.
+    assert lines.count("- model.layers.0.mlp.experts.gate_up_proj") == 1
+    assert lines.count("- model.layers.0.mlp.experts.down_proj") == 1
+    assert not any(line.startswith("- model.layers.0.mlp.experts.gate_up_proj.") for line in lines)
+    strict = res.save(folder.parent / "strict", 100, strict=True)["yaml"].read_text().splitlines()
+    assert "- ^model\\.layers\\.0\\.mlp\\.experts\\.gate_up_proj$" in strict
+    assert "- ^model\\.layers\\.0\\.mlp\\.experts\\.down_proj\\." in strict
+
+
+def test_three_dimensional_convolutions_are_one_matrix(tmp_path):
+    """Mamba's conv1d [d, 1, k] is a (d, k) matrix, like a 4-D conv is (out, in*kh*kw):
+    not d one-row 'experts'."""
+    g = torch.Generator().manual_seed(8)
+    conv = torch.randn(12, 1, 4, generator=g)
+    stem = torch.randn(8, 3, 2, 2, generator=g)
+    write_single(tmp_path, {"backbone.layers.0.mixer.conv1d.weight": conv, "encoder.conv.weight": stem})
+    res = spectrum_rs.scan(tmp_path)
+    assert [(r.name, r.shape) for r in res] == [("backbone.layers.0.mixer.conv1d", (12, 4)),
+                                                 ("encoder.conv", (8, 12))]
+    assert_snrs_match(res, {"backbone.layers.0.mixer.conv1d": oracle_snr(conv.reshape(12, 4)),
+                            "encoder.conv": oracle_snr(stem.reshape(8, 12))})
+
+
+def test_empty_experts_are_not_split(tmp_path):
+    """A tiny header may declare millions of empty experts: one empty layer, no blow-up."""
+    f = raw_safetensors(tmp_path / "model.safetensors",
+                        {"m.experts.w.weight": {"dtype": "BF16", "shape": [10**9, 0, 4], "data_offsets": [0, 0]},
+                         "m.q.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}},
+                        data=struct.pack("<4f", 1, 2, 3, 4))
+    names = [layer["name"] for layer in _core.Catalog([str(f)]).layers()]
+    assert names == ["m.experts.w", "m.q"]
+
+
+def test_encoder_comes_before_decoder_in_model_order(tmp_path):
+    g = torch.Generator().manual_seed(9)
+    t = {f"{part}.block.{i}.layer.0.SelfAttention.q.weight": torch.randn(8, 8, generator=g)
+         for part in ("decoder", "encoder") for i in (0, 1)}
+    write_single(tmp_path, t)
+    assert [r.name for r in spectrum_rs.scan(tmp_path)] == [
+        "encoder.block.0.layer.0.SelfAttention.q", "encoder.block.1.layer.0.SelfAttention.q",
+        "decoder.block.0.layer.0.SelfAttention.q", "decoder.block.1.layer.0.SelfAttention.q"]
+
+
+def test_index_may_name_shards_in_a_subfolder(tmp_path):
+    g = torch.Generator().manual_seed(10)
+    (tmp_path / "weights").mkdir()
+    save_file({"a.0.w.weight": torch.randn(6, 4, generator=g)}, str(tmp_path / "weights" / "part1.safetensors"))
+    save_file({"a.1.w.weight": torch.randn(6, 4, generator=g)}, str(tmp_path / "weights" / "part2.safetensors"))
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"a.0.w.weight": "weights/part1.safetensors", "a.1.w.weight": "weights/part2.safetensors"}}))
+    assert [r.name for r in spectrum_rs.scan(tmp_path)] == ["a.0.w", "a.1.w"]
+
+
 # --------------------------------------------------------------------------- FP8
 
 
@@ -388,6 +450,13 @@ def test_fp8_stacked_experts_take_their_slice_of_stacked_scales(tmp_path):
         "model.layers.0.mlp.experts.down_proj.weight_scale_inv": torch.stack(ss),
     })
     assert_snrs_match(spectrum_rs.scan(tmp_path), expected)
+
+
+def test_fp8_stacked_scales_for_fewer_experts_are_an_error(tmp_path):
+    q = torch.zeros(4, 16, 16).to(torch.float8_e4m3fn)
+    write_single(tmp_path, {"m.experts.w.weight": q, "m.experts.w.weight_scale_inv": torch.ones(1, 1, 1)})
+    with pytest.raises(spectrum_rs.SpectrumError, match="does not stack the 4 experts"):
+        spectrum_rs.scan(tmp_path)
 
 
 def test_fp8_scale_that_does_not_tile_the_weight_is_an_error(tmp_path):

@@ -209,6 +209,13 @@ def test_yaml_lists_only_real_embedding_names(tmp_path):
     assert "^" not in text
 
 
+def test_yaml_lists_the_model_embeddings_even_when_only_some_types_are_scanned(tmp_path, small_llama_dir):
+    res = spectrum_rs.scan(small_llama_dir, types=["self_attn.q_proj"])
+    assert {layer.type for layer in res} == {"self_attn.q_proj"}
+    lines = res.save(tmp_path)["yaml"].read_text().splitlines()
+    assert lines[:3] == ["unfrozen_parameters:", "- ^lm_head.weight$", "- ^model.embed_tokens.weight$"]
+
+
 @pytest.mark.parametrize("which", ["results", "sorted"])
 def test_round_trip_through_load(tmp_path, which):
     res = known_result()

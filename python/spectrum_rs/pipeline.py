@@ -24,7 +24,7 @@ def measure(worker: SingularValueWorker, info: Dict[str, Any], matrix: Any, no_n
     rows, cols = info["rows"], info["cols"]
     s = worker.singular_values(matrix)
     record = LayerResult(name=info["name"], type=info["type"], snr=math.nan, shape=(rows, cols),
-                         dtype=info["dtype"])
+                         dtype=info["dtype"], tensor=info["tensor"])
     if s is None:
         warnings.warn(f"{info['file']}: tensor {info['tensor']!r} holds NaN or Inf values; "
                       f"its SNR is reported as NaN", RuntimeWarning, stacklevel=2)

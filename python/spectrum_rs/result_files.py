@@ -83,11 +83,28 @@ def unfrozen_yaml(result: ScanResult, top_percent: Optional[float] = None, *,
         for name in sorted(names, key=lambda n: n != "lm_head"):
             weight = f"{name}.weight"
             lines.append(f"- ^{re.escape(weight) if strict else weight}$")
+    by_name = {layer.name: layer for layer in result}
+    written = set()
     for t, names in result.selected_by_type(top_percent).items():
         lines.append(f"# {t} layers")
         for name in names:
-            lines.append(f"- ^{re.escape(name)}\\." if strict else f"- {name}")
+            line = _parameter_line(by_name[name], strict)
+            # Experts of one fused tensor share its parameter: list it once.
+            if line not in written:
+                written.add(line)
+                lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def _parameter_line(layer: LayerResult, strict: bool) -> str:
+    """A layer's YAML line: the module name (the reference's form, a prefix regex for
+    Axolotl), or the fused tensor's name for one of its experts; escaped and anchored in
+    strict mode."""
+    param = layer.parameter
+    module = param[: -len(".weight")] if param.endswith(".weight") else None
+    if strict:
+        return f"- ^{re.escape(module)}\\." if module is not None else f"- ^{re.escape(param)}$"
+    return f"- {module if module is not None else param}"
 
 
 def write_all(result: ScanResult, out_dir: Union[str, Path] = ".", *,

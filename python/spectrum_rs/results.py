@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from . import _core
 
@@ -27,6 +27,16 @@ class LayerResult:
     n_signal: Optional[int] = None
     #: For a tied ``lm_head``: the embedding layer whose numbers it repeats.
     tied_to: Optional[str] = None
+    #: The stored tensor the matrix comes from (a fused expert tensor for ``<layer>.<e>``).
+    tensor: Optional[str] = None
+
+    @property
+    def parameter(self) -> str:
+        """The model parameter a trainer unfreezes for this layer: ``<name>.weight``, or
+        the whole fused tensor for one expert of it."""
+        if self.tensor is None or self.tied_to is not None:
+            return f"{self.name}.weight"
+        return self.tensor
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
@@ -43,6 +53,8 @@ class ScanResult:
     layers: List[LayerResult]
     top_percent: float = 25.0
     settings: Dict[str, Any] = field(default_factory=dict)
+    #: The model's embedding and head layers, scanned or not (set by ``scan``).
+    embeddings: Optional[List[str]] = None
 
     def __iter__(self) -> Iterator[LayerResult]:
         return iter(self.layers)
@@ -87,8 +99,11 @@ class ScanResult:
         return [name for names in self.selected_by_type(top_percent).values() for name in names]
 
     def embedding_layers(self) -> List[str]:
-        """Names of the input embedding and output head layers the model really has."""
-        return [layer.name for layer in self.layers if _is_embedding(layer.name)]
+        """Names of the input embedding and output head layers the model really has: from
+        the model itself after a scan, from the layers listed for a loaded results file."""
+        if self.embeddings is not None:
+            return list(self.embeddings)
+        return embedding_names(layer.name for layer in self.layers)
 
     def to_dict(self) -> Dict[str, Dict[str, Any]]:
         """The reference results shape: ``{layer: {"snr": float, "type": str}}``, grouped by
@@ -120,9 +135,15 @@ class ScanResult:
 _EMBEDDING_MARKERS = ("embed", "wte", "wpe", "lm_head")
 
 
-def _is_embedding(name: str) -> bool:
-    last = name.split(".")[-1]
-    return any(m in last for m in _EMBEDDING_MARKERS) or name == "lm_head"
+def embedding_names(names: Iterable[str]) -> List[str]:
+    """The embedding and head layers among ``names``: the last part names an embedding
+    (``embed_tokens``, ``word_embeddings``, ``wte``...) or the layer is ``lm_head``."""
+    out = []
+    for name in names:
+        last = name.split(".")[-1]
+        if name == "lm_head" or any(m in last for m in _EMBEDDING_MARKERS):
+            out.append(name)
+    return out
 
 
 def _float(x: Any) -> float:

@@ -17,7 +17,7 @@ from .checkpoint import Checkpoint, identity
 from .model_config import embedding_source, fp8_scale_block, read_config, ties_embeddings
 from .model_source import default_name, resolve_model
 from .progress import Progress
-from .results import LayerResult, ScanResult
+from .results import LayerResult, ScanResult, embedding_names
 from .singular_values import SingularValueWorker, resolve_devices
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -167,8 +167,11 @@ def scan(
             "checkpoint": os.fspath(checkpoint) if checkpoint is not None else None,
             "model_path": paths[0] if len(paths) == 1 else paths,
         }
+        embeddings = embedding_names(layer["name"] for layer in layers)
+        if tied_source is not None:
+            embeddings.append("lm_head")
         return ScanResult(model_name=model_name, layers=records, top_percent=float(top_percent),
-                          settings=settings)
+                          settings=settings, embeddings=embeddings)
 
     try:
         pipeline.run(stream, workers, layers, no_noise, finished)
