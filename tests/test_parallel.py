@@ -74,3 +74,42 @@ def test_torchrun_two_processes_write_the_single_process_files(tmp_path):
     assert len(files) == 3  # no rank checkpoint left behind
     for name in files:
         assert (multi / "model_snr_results" / name).read_bytes() == (single / "model_snr_results" / name).read_bytes()
+
+
+RANK_SCRIPT = """
+import sys, torch.distributed as dist
+import spectrum_rs
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+model, mode = sys.argv[1], sys.argv[2]
+if mode == "rank0-only":
+    # A plain library call inside a multi-process job must not join a collective.
+    if rank == 0:
+        print("plain", len(spectrum_rs.scan(model)))
+elif mode == "one-rank-fails":
+    ck = model + "/ck.jsonl"
+    if rank == 1:
+        open(ck + ".rank1-of-2", "w").write("not a checkpoint\\n")
+    try:
+        spectrum_rs.scan(model, distributed_scan=True, checkpoint=ck)
+    except spectrum_rs.SpectrumError as e:
+        print(f"rank {rank} raised: {e}")
+dist.barrier()
+"""
+
+
+@pytest.mark.parametrize("mode", ["rank0-only", "one-rank-fails"])
+def test_process_groups_neither_hang_nor_hide_a_rank_error(tmp_path, mode):
+    m = model(tmp_path / "m")
+    script = tmp_path / "ranks.py"
+    script.write_text(RANK_SCRIPT)
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        str(script), str(m), mode], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert p.returncode == 0, p.stderr
+    if mode == "rank0-only":
+        assert "plain 19" in p.stdout
+    else:
+        # Both ranks raise, and both name the rank whose checkpoint was refused.
+        assert p.stdout.count("raised:") == 2
+        assert p.stdout.count("ck.jsonl.rank1-of-2: not a spectrum-rs checkpoint") == 2

@@ -116,15 +116,17 @@ def cmd_scan(args: argparse.Namespace) -> int:
     name = args.name or args.model
     checkpoint = Path(args.out) / RESULTS_DIR / f"snr_results_{slug(name)}.checkpoint.jsonl"
     if not args.resume:
-        for old in checkpoint.parent.glob(checkpoint.name + "*"):
-            if lead or old.name.endswith(f".rank{rank_world[0]}-of-{rank_world[1]}"):
-                old.unlink(missing_ok=True)
+        # Each process removes its own checkpoint only: another rank may be writing its own.
+        own = checkpoint if rank_world is None else \
+            checkpoint.with_name(f"{checkpoint.name}.rank{rank_world[0]}-of-{rank_world[1]}")
+        own.unlink(missing_ok=True)
     start = time.perf_counter()
     try:
         result = scan(args.model, types=args.types, exclude=args.exclude, include_1d=args.include_1d,
                       top_percent=args.top_percent, device=args.device, method=args.method, dtype=args.dtype,
                       no_noise=args.no_noise, window_bytes=args.window_bytes, name=name,
-                      progress=not args.quiet, checkpoint=checkpoint, download=args.download)
+                      progress=not args.quiet, checkpoint=checkpoint, download=args.download,
+                      distributed_scan=rank_world is not None)
     except KeyboardInterrupt:
         done = _checkpoint_layers(checkpoint)
         print(f"spectrum-rs: interrupted; {done} finished layers are kept in {checkpoint}. "

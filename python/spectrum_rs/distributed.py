@@ -71,13 +71,23 @@ def local_device(device: object) -> object:
     return device
 
 
-def gather(records: Dict[int, LayerResult]) -> Dict[int, LayerResult]:
-    """Every rank's records, merged, on every rank."""
+def gather(records: Dict[int, LayerResult], error: Optional[BaseException] = None) -> Dict[int, LayerResult]:
+    """Every rank's records, merged, on every rank; or, when any rank failed (``error``),
+    a ``SpectrumError`` on every rank that says which ranks failed and why."""
     import torch.distributed as dist
 
-    parts: List[Optional[Dict[int, LayerResult]]] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, records)
+    from ._core import SpectrumError
+
+    mine = (records, None if error is None else f"{type(error).__name__}: {error}")
+    parts: List[Optional[Tuple[Dict[int, LayerResult], Optional[str]]]] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, mine)
+    failures = [f"rank {r}: {p[1]}" for r, p in enumerate(parts) if p is not None and p[1] is not None]
+    if failures:
+        if isinstance(error, SpectrumError) and len(failures) == 1:
+            raise error
+        raise SpectrumError("distributed scan failed on " + "; ".join(failures))
     merged: Dict[int, LayerResult] = {}
     for p in parts:
-        merged.update(p or {})
+        if p is not None:
+            merged.update(p[0])
     return merged

@@ -57,7 +57,7 @@ def scan(
     progress: Union[bool, Callable[..., None]] = False,
     checkpoint: Union[None, str, "os.PathLike[str]"] = None,
     download: Optional[bool] = None,
-    distributed_scan: Optional[bool] = None,
+    distributed_scan: bool = False,
 ) -> ScanResult:
     """Measures the signal-to-noise ratio of every weight matrix of a safetensors model.
 
@@ -88,16 +88,17 @@ def scan(
             computed again. A checkpoint of another model or settings is refused.
         download: for a model id missing from the Hugging Face cache: False never
             downloads; None and True download weights, index and config.json.
-        distributed_scan: when a ``torch.distributed`` process group of several processes
-            is up (``torchrun``), each rank scans a cost-balanced share and every rank
-            returns the whole, identical result (None: whenever a group is up; False: never).
+        distributed_scan: True to spread the scan over the ``torch.distributed`` process
+            group that is up (``torchrun``): every rank must call ``scan`` with the same
+            arguments; each scans a cost-balanced share and every rank returns the whole,
+            identical result. An error on any rank is raised on all of them.
     """
     if no_noise not in ("one", "inf"):
         raise ValueError(f"no_noise must be 'one' or 'inf', got {no_noise!r}")
     if not (0 <= float(top_percent) <= 100):
         raise ValueError(f"top_percent must be between 0 and 100, got {top_percent}")
     paths = _model_paths(model, download)
-    rank_world = distributed.active() if distributed_scan is not False else None
+    rank_world = distributed.active() if distributed_scan else None
     workers = [SingularValueWorker(device=d, method=method, dtype=dtype) for d in
                resolve_devices(distributed.local_device(device) if rank_world else device)]
     config = read_config(_model_folder(paths))
@@ -121,37 +122,20 @@ def scan(
         mine = distributed.shares(costs, world)[rank]
         if checkpoint is not None:
             checkpoint = f"{os.fspath(checkpoint)}.rank{rank}-of-{world}"
-    if checkpoint is not None:
-        checkpoint = Path(checkpoint)
-    results: Dict[int, LayerResult] = {}
     ck = None
     if checkpoint is not None:
+        checkpoint = Path(checkpoint)
         ck = Checkpoint(checkpoint, identity(catalog.files()),
                         _numbers_settings(method, dtype, no_noise, [layers[i]["name"] for i in mine]))
-        done = ck.load()
-        results = {i: done[layers[i]["name"]] for i in mine if layers[i]["name"] in done}
-        ck.open()
-    todo = [i for i in mine if i not in results]
-    show = progress if rank_world is None or rank_world[0] == 0 else False
-    bar = Progress(show, total_layers=len(mine),
-                   total_bytes=sum(layers[i]["nbytes"] for i in mine),
-                   done_layers=len(results), done_bytes=sum(layers[i]["nbytes"] for i in results))
-
-    def finished(index: int, record: LayerResult) -> None:
-        if ck is not None:
-            ck.add(record)
-        results[index] = record
-        bar.update(record.name, layers[index]["nbytes"])
-
-    start = time.perf_counter()
-    stream = catalog.stream(todo, window_bytes=max(int(window_bytes), 1),
-                            raw=all(w.wants_raw for w in workers))
     if name is not None:
         model_name = name
     elif isinstance(model, (str, os.PathLike)):
         model_name = default_name(os.fspath(model))
     else:
         model_name = os.path.commonpath(paths)
+    start = time.perf_counter()
+    results: Dict[int, LayerResult] = {}
+    resumed = [0]
 
     def result(records_by_index: Dict[int, LayerResult]) -> ScanResult:
         records = [records_by_index[i] for i in sorted(records_by_index) if i not in hidden]
@@ -163,7 +147,7 @@ def scan(
             "method": method, "dtype": dtype, "device": ", ".join(str(w.device) for w in workers),
             "no_noise": no_noise, "include_1d": include_1d, "types": _as_list(types),
             "exclude": _as_list(exclude), "seconds": round(time.perf_counter() - start, 3),
-            "resumed_layers": len(mine) - len(todo), "processes": rank_world[1] if rank_world else 1,
+            "resumed_layers": resumed[0], "processes": rank_world[1] if rank_world else 1,
             "checkpoint": os.fspath(checkpoint) if checkpoint is not None else None,
             "model_path": paths[0] if len(paths) == 1 else paths,
         }
@@ -173,20 +157,56 @@ def scan(
         return ScanResult(model_name=model_name, layers=records, top_percent=float(top_percent),
                           settings=settings, embeddings=embeddings)
 
+    show = progress if rank_world is None or rank_world[0] == 0 else False
+    error: Optional[Exception] = None
     try:
-        pipeline.run(stream, workers, layers, no_noise, finished)
+        resumed[0] = _scan_share(catalog, layers, mine, workers, no_noise, window_bytes, show, ck, results)
     except KeyboardInterrupt:
         # Nothing computed is lost: the layers finished so far travel with the exception
         # (and are in the checkpoint, when there is one).
         raise ScanInterrupted(result(dict(results))) from None
+    except Exception as e:
+        if rank_world is None:
+            raise
+        error = e  # every rank must reach the gather, or the others wait for ever
+    if rank_world is not None:
+        results = distributed.gather(results, error)
+    return result(results)
+
+
+def _scan_share(catalog: Any, layers: List[dict], mine: List[int], workers: List[SingularValueWorker],
+                no_noise: str, window_bytes: int, progress: Any, ck: Optional[Checkpoint],
+                results: Dict[int, LayerResult]) -> int:
+    """Scans this process's layers into ``results``, skipping those the checkpoint holds;
+    returns how many came from the checkpoint."""
+    if ck is not None:
+        done = ck.load()
+        results.update({i: done[layers[i]["name"]] for i in mine if layers[i]["name"] in done})
+        ck.open()
+    try:
+        todo = [i for i in mine if i not in results]
+        bar = Progress(progress, total_layers=len(mine), total_bytes=sum(layers[i]["nbytes"] for i in mine),
+                       done_layers=len(results), done_bytes=sum(layers[i]["nbytes"] for i in results))
+
+        def finished(index: int, record: LayerResult) -> None:
+            if ck is not None:
+                ck.add(record)
+            results[index] = record
+            bar.update(record.name, layers[index]["nbytes"])
+
+        try:
+            stream = catalog.stream(todo, window_bytes=max(int(window_bytes), 1),
+                                    raw=all(w.wants_raw for w in workers))
+            try:
+                pipeline.run(stream, workers, layers, no_noise, finished)
+            finally:
+                stream.close()
+        finally:
+            bar.close()
     finally:
-        stream.close()
-        bar.close()
         if ck is not None:
             ck.close()
-    if rank_world is not None:
-        results = distributed.gather(results)
-    return result(results)
+    return len(mine) - len(todo)
 
 
 class ScanInterrupted(KeyboardInterrupt):
