@@ -75,3 +75,18 @@ def test_resolve_model_api_and_no_download(tmp_path, monkeypatch):
     assert resolve_model("acme/m", download=False) == snap
     with pytest.raises(SpectrumError, match=r"downloading is disabled \(--no-download\)"):
         resolve_model("acme/other", download=False)
+
+
+def test_a_snapshot_without_weights_is_not_taken_for_the_model(tmp_path):
+    """Other tools (AutoConfig, AutoTokenizer) cache a snapshot with only config.json."""
+    cache = tmp_path / "hub"
+    base = cache / "models--acme--cfg-only"
+    (base / "refs").mkdir(parents=True)
+    (base / "refs" / "main").write_text(COMMIT)
+    snap = base / "snapshots" / COMMIT
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    p = run(["scan", "acme/cfg-only"], cache, tmp_path)
+    assert p.returncode == 1
+    assert "holds no complete set of .safetensors weights; downloading is disabled (HF_HUB_OFFLINE is set)" \
+        in p.stderr

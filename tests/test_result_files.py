@@ -5,6 +5,8 @@ Infinity/NaN, and clean errors for files that are not results."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 import math
 
 import pytest
@@ -325,6 +327,11 @@ BAD_FILES = {
     "results_shape_not_object": ('{"a.0.q": {"snr": 1.0, "type": "q"}, "a.1.q": 2.0}', "results shape"),
     "sorted_shape_bad_member": ('{"q": {"a.0.q": 1.0}, "k": [1, 2]}', "sorted shape"),
     "sorted_shape_bad_snr": ('{"q": {"a.0.q": 1.0, "a.1.q": "x"}}', "sorted shape"),
+    "results_shape_missing_snr": ('{"a.0.q": {"snr": 1.0, "type": "q"}, "a.1.q": {"type": "q"}}',
+                                  "results shape"),
+    "number_too_large_for_a_float": ('{"a.0.q": {"snr": 1' + "0" * 400 + ', "type": "q"}}', "results shape"),
+    "number_too_long_to_parse": ('{"a.0.q": {"snr": 1' + "0" * 5000 + ', "type": "q"}}', "not valid JSON"),
+    "nested_too_deep": ("[" * 100000 + "]" * 100000, "not valid JSON"),
 }
 
 
@@ -339,6 +346,17 @@ def test_bad_results_files_raise_spectrum_error(tmp_path, case):
     assert str(path) in msg
     assert shape_words in msg
     assert isinstance(err.value, ValueError)
+
+
+def test_result_files_are_readable_by_others(tmp_path):
+    """Written through a private temporary file, they still get a plain file's mode."""
+    old = os.umask(0o022)
+    try:
+        res = ScanResult(model_name="m", layers=[LayerResult("a.0.q", "q", 1.0)])
+        for path in res.save(tmp_path).values():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    finally:
+        os.umask(old)
 
 
 def test_missing_results_file(tmp_path):

@@ -2,6 +2,7 @@
 again, and the final files equal those of an uninterrupted scan. A checkpoint of other
 model files or other settings is refused."""
 
+import json
 import os
 import signal
 import subprocess
@@ -135,10 +136,51 @@ def test_a_torn_last_line_is_dropped(tmp_path):
     assert ck.read_text().count("\n") == 5  # head + 4 complete layers, no torn fragment
 
 
-def test_checkpoint_identity_is_names_sizes_and_header_hashes(tmp_path):
+def test_checkpoint_identity_is_names_sizes_times_and_header_hashes(tmp_path):
     f = tmp_path / "m.safetensors"
     save_file({"a.weight": torch.zeros(2, 2)}, str(f))
     ident = identity(spectrum_rs._core.Catalog([str(f)]).files())
-    assert ident[0][0] == "m.safetensors" and ident[0][1] == os.path.getsize(f)
-    assert len(ident[0][2]) == 16
+    assert ident[0][:3] == ["m.safetensors", os.path.getsize(f), os.stat(f).st_mtime_ns]
+    assert len(ident[0][3]) == 16
     assert Checkpoint(tmp_path / "none.jsonl", ident, {}).load() == {}
+
+
+def test_weights_saved_again_over_the_same_layout_are_refused(tmp_path):
+    f = tmp_path / "m.safetensors"
+    save_file({f"l.{i}.w.weight": torch.randn(8, 8) for i in range(3)}, str(f))
+    ck = tmp_path / "ck.jsonl"
+    spectrum_rs.scan(f, checkpoint=ck)
+    save_file({f"l.{i}.w.weight": torch.randn(8, 8) for i in range(3)}, str(f))  # same header
+    os.utime(f, ns=(time.time_ns(), time.time_ns() + 10**9))
+    with pytest.raises(spectrum_rs.SpectrumError, match="other model files"):
+        spectrum_rs.scan(f, checkpoint=ck)
+
+
+def test_a_line_without_its_newline_is_dropped_even_if_it_parses(tmp_path):
+    f = tmp_path / "m.safetensors"
+    save_file({f"l.{i}.w.weight": torch.randn(8, 8, generator=torch.Generator().manual_seed(i)) for i in range(5)},
+              str(f))
+    ck = tmp_path / "ck.jsonl"
+    full = spectrum_rs.scan(f, checkpoint=ck)
+    lines = ck.read_text().splitlines(keepends=True)
+    ck.write_text("".join(lines[:3]) + lines[3].rstrip("\n"))  # killed before the newline
+    again = spectrum_rs.scan(f, checkpoint=ck)
+    assert again.settings["resumed_layers"] == 2
+    assert [r.snr for r in again] == [r.snr for r in full]
+    third = spectrum_rs.scan(f, checkpoint=ck)  # every line now whole: all 5 resume
+    assert third.settings["resumed_layers"] == 5
+    assert all(json.loads(line) for line in ck.read_text().splitlines())
+
+
+def test_an_empty_or_damaged_checkpoint_is_handled(tmp_path):
+    f = tmp_path / "m.safetensors"
+    save_file({f"l.{i}.w.weight": torch.randn(8, 8) for i in range(3)}, str(f))
+    ck = tmp_path / "ck.jsonl"
+    ck.write_bytes(b"")  # killed before the head line: nothing was computed
+    assert spectrum_rs.scan(f, checkpoint=ck).settings["resumed_layers"] == 0
+    lines = ck.read_text().splitlines(keepends=True)
+    ck.write_text(lines[0] + lines[1] + "[1, 2]\n" + lines[2])  # a line that is not a layer
+    assert spectrum_rs.scan(f, checkpoint=ck).settings["resumed_layers"] == 1
+    ck.write_text("garbage\n")
+    with pytest.raises(spectrum_rs.SpectrumError, match="not a spectrum-rs checkpoint"):
+        spectrum_rs.scan(f, checkpoint=ck)

@@ -35,23 +35,46 @@ def resolve_model(spec: str, *, download: Optional[bool] = None, revision: Optio
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     cache = constants.HF_HUB_CACHE
+    cached: Optional[Path] = None
     try:
-        return Path(snapshot_download(spec, revision=revision, allow_patterns=ALLOW_PATTERNS,
-                                      local_files_only=True))
+        cached = Path(snapshot_download(spec, revision=revision, allow_patterns=ALLOW_PATTERNS,
+                                        local_files_only=True))
     except LocalEntryNotFoundError:
         pass
     except Exception as e:  # a broken cache entry, a bad id
         raise SpectrumError(f"{spec}: cannot read it from the Hugging Face cache {cache} ({e})") from None
+    # A snapshot can hold only what other tools fetched (config, tokenizer): weights too?
+    if cached is not None and _has_weights(cached):
+        return cached
+    where = (f"its snapshot {cached} in the Hugging Face cache holds no complete set of .safetensors weights"
+             if cached is not None else f"not in the Hugging Face cache {cache}")
     offline = bool(constants.HF_HUB_OFFLINE)
     if download is False or offline:
         why = "downloading is disabled (--no-download)" if download is False else \
             "downloading is disabled (HF_HUB_OFFLINE is set)"
-        raise SpectrumError(f"{spec}: not a local path, and not in the Hugging Face cache {cache}; {why}")
+        raise SpectrumError(f"{spec}: not a local path, and {where}; {why}")
     try:
-        return Path(snapshot_download(spec, revision=revision, allow_patterns=ALLOW_PATTERNS))
+        path = Path(snapshot_download(spec, revision=revision, allow_patterns=ALLOW_PATTERNS))
     except Exception as e:
-        raise SpectrumError(f"{spec}: not a local path, not in the Hugging Face cache {cache}, "
+        raise SpectrumError(f"{spec}: not a local path, {where}, "
                             f"and downloading it failed ({type(e).__name__}: {e})") from None
+    if not _has_weights(path):
+        raise SpectrumError(f"{spec}: the model on the Hub has no .safetensors weights (downloaded to {path})")
+    return path
+
+
+def _has_weights(folder: Path) -> bool:
+    """True when the folder holds .safetensors files and every shard its index names."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            import json
+
+            shards = set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values())
+        except (OSError, ValueError, AttributeError):
+            return True  # let the catalog report what is wrong with the index
+        return bool(shards) and all((folder / s).is_file() for s in shards)
+    return any(folder.glob("*.safetensors"))
 
 
 def default_name(spec: str) -> str:

@@ -46,6 +46,9 @@ def atomic_write(path: Union[str, Path], text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file private (0600); results are for other tools and users to
+        # read, so give it the mode a plain open() would.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -58,6 +61,12 @@ def atomic_write(path: Union[str, Path], text: str) -> Path:
             pass
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def results_json(result: ScanResult) -> str:
@@ -128,11 +137,16 @@ _SHAPES = ('expected either the results shape {layer: {"snr": number, "type": st
 
 
 def _number(x: Any) -> Optional[float]:
+    """An SNR from JSON: a number (``NaN``/``Infinity`` included), or ``null`` for NaN;
+    None for anything else, a number too large for a float included."""
     if x is None:
         return math.nan
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return None
-    return float(x)
+    try:
+        return float(x)
+    except OverflowError:
+        return None
 
 
 def load(path: Union[str, Path]) -> ScanResult:
@@ -147,8 +161,8 @@ def load(path: Union[str, Path]) -> ScanResult:
         raise SpectrumError(f"{path}: cannot read results file ({e})") from None
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SpectrumError(f"{path}: results file is not valid JSON ({e})") from None
+    except (ValueError, RecursionError) as e:  # bad JSON, numbers too long, nesting too deep
+        raise SpectrumError(f"{path}: results file is not valid JSON ({type(e).__name__}: {e})") from None
     if not isinstance(data, dict) or not data:
         raise SpectrumError(f"{path}: not a Spectrum results file: {_SHAPES}; "
                             f"found {'an empty object' if data == {} else type(data).__name__}")
@@ -156,7 +170,7 @@ def load(path: Union[str, Path]) -> ScanResult:
     first = next(iter(data.values()))
     if isinstance(first, dict) and "snr" in first:
         for name, v in data.items():
-            snr = _number(v.get("snr")) if isinstance(v, dict) else None
+            snr = _number(v["snr"]) if isinstance(v, dict) and "snr" in v else None
             if snr is None:
                 raise SpectrumError(f"{path}: entry {name!r} has no numeric \"snr\" "
                                     f"(file is in the results shape, {_SHAPES})")
