@@ -41,7 +41,22 @@ def test_two_workers_pulling_from_one_stream_match_one_worker(tmp_path):
     m = model(tmp_path / "m")
     one = spectrum_rs.scan(m, device="cpu")
     two = spectrum_rs.scan(m, device=["cpu", "cpu"], window_bytes=1)
-    assert two.settings["device"] == "cpu, cpu"
+    assert two.settings["device"] == "cpu x2"
+    assert [(r.name, r.snr) for r in two] == [(r.name, r.snr) for r in one]
+
+
+def test_a_cpu_scan_runs_one_single_threaded_worker_per_torch_thread(tmp_path):
+    m = model(tmp_path / "m")
+    one = spectrum_rs.scan(m, device="cpu")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        two = spectrum_rs.scan(m, device="cpu")
+        assert torch.get_num_threads() == 2, "the caller's thread setting is restored"
+    finally:
+        torch.set_num_threads(previous)
+    assert two.settings["device"] == "cpu x2"
+    # Each matrix is computed by one thread either way: the numbers are identical.
     assert [(r.name, r.snr) for r in two] == [(r.name, r.snr) for r in one]
 
 

@@ -308,6 +308,21 @@ def test_float64_is_needed_for_outlier_matrices(outlier_model):
     assert [r.snr for r in auto] == [r.snr for r in r64]
 
 
+def test_auto_dtype_falls_back_on_rank_deficient_matrices(tmp_path):
+    """A matrix with many zero singular values (a quarter of its rows pruned): float32
+    Gram eigenvalues near zero are off by ~sqrt(eps32) * S[0], beyond the bound, although
+    nothing about largest/median looks unusual."""
+    rng = np.random.default_rng(12)
+    w = rng.standard_normal((512, 512)) * 0.02
+    w[:128] = 0
+    stored = {"model.layers.0.self_attn.o_proj.weight": torch.from_numpy(w).float()}
+    folder = write_single(tmp_path, stored)
+    expected = {"model.layers.0.self_attn.o_proj": oracle_snr(stored["model.layers.0.self_attn.o_proj.weight"])}
+    f32 = spectrum_rs.scan(folder, dtype="float32")
+    assert not same_number(f32["model.layers.0.self_attn.o_proj"].snr, expected["model.layers.0.self_attn.o_proj"])
+    assert_snrs_match(spectrum_rs.scan(folder), expected)
+
+
 def test_auto_dtype_meets_the_bound_across_outlier_strengths(tmp_path):
     """A sweep from no outlier to a dominant one: ``dtype="auto"`` keeps float32 where its
     error is far inside the bound (bit-identical to ``dtype="float32"``), and every SNR

@@ -1,11 +1,12 @@
 """Drives the layer stream through the SVD workers: one worker in this thread, or one
-thread per device pulling from the shared stream; the upload of the next layer is
-started before the current one is computed, and each finished layer is handed to a
-callback (checkpoint, progress) as soon as its statistics are known."""
+thread per device pulling from the shared stream. Each worker's feeder thread uploads
+the next layer while the current one is computed, and each finished layer is handed to
+a callback (checkpoint, progress) as soon as its statistics are known."""
 
 from __future__ import annotations
 
 import math
+import queue
 import threading
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -39,24 +40,64 @@ def measure(worker: SingularValueWorker, info: Dict[str, Any], matrix: Any, no_n
     return record
 
 
+_END = object()
+
+
 def _run_one(worker: SingularValueWorker, next_item: Callable[[], Optional[Tuple[int, Any, str]]],
              layers: List[Dict[str, Any]], no_noise: str, on_record: OnRecord,
              stop: Optional[threading.Event] = None) -> None:
-    """One worker's loop, one layer ahead: the next layer's upload is queued before the
-    current layer is computed, so transfers overlap computation on a GPU."""
-    def upload(item: Optional[Tuple[int, Any, str]]) -> Optional[Tuple[int, Any]]:
-        if item is None:
-            return None
-        index, array, stored = item
-        info = layers[index]
-        return index, worker.to_matrix(array, stored, info["rows"], info["cols"])
+    """One worker's loop. A feeder thread takes the next layer off the stream and uploads
+    it while this thread computes the current one (a GPU's copy engine then works while
+    its cores compute); two slots bound the layers a worker holds at once to two."""
+    handoff: "queue.Queue[Any]" = queue.Queue(maxsize=1)
+    slots = threading.Semaphore(2)
+    halt = threading.Event()
 
-    current = upload(next_item())
-    while current is not None and not (stop is not None and stop.is_set()):
-        following = upload(next_item())
-        index, matrix = current
-        on_record(index, measure(worker, layers[index], matrix, no_noise))
-        current = following
+    def feed() -> None:
+        try:
+            while True:
+                while not slots.acquire(timeout=0.1):
+                    if halt.is_set():
+                        return
+                if halt.is_set():
+                    return
+                item = next_item()
+                if item is None:
+                    handoff.put(_END)
+                    return
+                index, array, stored = item
+                info = layers[index]
+                handoff.put((index, worker.to_matrix(array, stored, info["rows"], info["cols"])))
+                del item, array
+        except BaseException as e:  # handed to the computing thread
+            handoff.put(e)
+
+    feeder = threading.Thread(target=feed, name=f"spectrum-feed-{worker.device}", daemon=True)
+    feeder.start()
+    try:
+        while not (stop is not None and stop.is_set()):
+            try:
+                got = handoff.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if got is _END:
+                break
+            if isinstance(got, BaseException):
+                raise got
+            index, matrix = got
+            del got
+            record = measure(worker, layers[index], matrix, no_noise)
+            del matrix
+            slots.release()
+            on_record(index, record)
+    finally:
+        halt.set()
+        while feeder.is_alive():  # let a feeder blocked on a full hand-off finish
+            try:
+                handoff.get_nowait()
+            except queue.Empty:
+                pass
+            feeder.join(0.05)
 
 
 def run(stream: Any, workers: Sequence[SingularValueWorker], layers: List[Dict[str, Any]], no_noise: str,

@@ -18,7 +18,7 @@ from .model_config import embedding_source, fp8_scale_block, read_config, ties_e
 from .model_source import default_name, resolve_model
 from .progress import Progress
 from .results import LayerResult, ScanResult, embedding_names
-from .singular_values import SingularValueWorker, resolve_devices
+from .singular_values import SingularValueWorker, plan_workers, torch_threads
 
 PathLike = Union[str, "os.PathLike[str]"]
 DEFAULT_WINDOW_BYTES = 2 << 30
@@ -74,9 +74,10 @@ def scan(
             ``["cuda:0", "cuda:2"]``. Under ``torchrun``, ``"auto"`` is the rank's own GPU.
         method: ``"gram"`` (eigenvalues of the Gram matrix, default) or ``"svd"``.
         dtype: ``"auto"`` (default): the Gram matrix in float32, recomputed in float64
-            for a matrix whose spectrum is too spread for float32 to meet SPEC §2's 1e-4
-            bound (largest eigenvalue over 1000x the median); ``"float32"`` or
-            ``"float64"`` force one (float32 alone can miss the bound on such matrices).
+            for a matrix where an a-posteriori bound says float32 could move the SNR by
+            5e-5 or more (SPEC §2 allows 1e-4); ``"float32"`` or ``"float64"`` force one
+            (float32 alone misses the bound on matrices with strong outliers or many zero
+            singular values).
         no_noise: ``"one"`` (current reference: noise 1.0 when no value is below the
             threshold) or ``"inf"`` (older reference versions: SNR ``Infinity``).
         window_bytes: host bytes the reader may queue ahead of the worker.
@@ -99,8 +100,8 @@ def scan(
         raise ValueError(f"top_percent must be between 0 and 100, got {top_percent}")
     paths = _model_paths(model, download)
     rank_world = distributed.active() if distributed_scan else None
-    workers = [SingularValueWorker(device=d, method=method, dtype=dtype) for d in
-               resolve_devices(distributed.local_device(device) if rank_world else device)]
+    devices, threads = plan_workers(distributed.local_device(device) if rank_world else device)
+    workers = [SingularValueWorker(device=d, method=method, dtype=dtype) for d in devices]
     config = read_config(_model_folder(paths))
     catalog = _core.Catalog(paths, scale_block=fp8_scale_block(config))
     layers = catalog.layers()
@@ -144,7 +145,7 @@ def scan(
             records.append(dataclasses.replace(src, name="lm_head", type="lm_head", tied_to=src.name))
             records = [records[i] for i in _core.natural_order([r.name for r in records])]
         settings = {
-            "method": method, "dtype": dtype, "device": ", ".join(str(w.device) for w in workers),
+            "method": method, "dtype": dtype, "device": _describe(workers),
             "no_noise": no_noise, "include_1d": include_1d, "types": _as_list(types),
             "exclude": _as_list(exclude), "seconds": round(time.perf_counter() - start, 3),
             "resumed_layers": resumed[0], "processes": rank_world[1] if rank_world else 1,
@@ -160,7 +161,8 @@ def scan(
     show = progress if rank_world is None or rank_world[0] == 0 else False
     error: Optional[Exception] = None
     try:
-        resumed[0] = _scan_share(catalog, layers, mine, workers, no_noise, window_bytes, show, ck, results)
+        with torch_threads(threads):
+            resumed[0] = _scan_share(catalog, layers, mine, workers, no_noise, window_bytes, show, ck, results)
     except KeyboardInterrupt:
         # Nothing computed is lost: the layers finished so far travel with the exception
         # (and are in the checkpoint, when there is one).
@@ -215,6 +217,14 @@ class ScanInterrupted(KeyboardInterrupt):
     def __init__(self, partial: ScanResult) -> None:
         super().__init__(f"scan interrupted after {len(partial)} of the requested layers")
         self.partial = partial
+
+
+def _describe(workers: List[SingularValueWorker]) -> str:
+    """``cuda:0, cuda:1`` or ``cpu x2`` (two single-threaded CPU workers)."""
+    names = [str(w.device) for w in workers]
+    if len(names) > 1 and len(set(names)) == 1:
+        return f"{names[0]} x{len(names)}"
+    return ", ".join(names)
 
 
 def _numbers_settings(method: str, dtype: str, no_noise: str, names: List[str]) -> dict:
