@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SNR when nothing is below the threshold: 'one' (current reference) or 'inf' (older)")
     s.add_argument("--out", default=".", help="folder for model_snr_results/ (default: current folder)")
     s.add_argument("--name", default=None, help="model name in the result file names (default: MODEL as given)")
-    s.add_argument("--window-mb", type=_positive_mb, default=2048, dest="window_bytes",
-                   help="host memory for layers read ahead, in MB (default 2048)")
+    s.add_argument("--window-mb", type=_positive_mb, default=128, dest="window_bytes",
+                   help="host memory for layers read ahead, in MB (default 128)")
     s.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue an interrupted scan from its checkpoint (default: on)")
     s.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,

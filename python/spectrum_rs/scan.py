@@ -21,7 +21,9 @@ from .results import LayerResult, ScanResult, embedding_names
 from .singular_values import SingularValueWorker, plan_workers, torch_threads
 
 PathLike = Union[str, "os.PathLike[str]"]
-DEFAULT_WINDOW_BYTES = 2 << 30
+# Read-ahead of 128 MiB: peak RSS rose 81 % from `small` to its 8x-layers copy with a
+# 2 GiB window, 9.6 % with 128 MiB, at the same speed (benches/results/cpu-2026-11-28.md).
+DEFAULT_WINDOW_BYTES = 128 << 20
 
 
 def _as_list(x: Union[None, str, Iterable[str]]) -> List[str]:
