@@ -99,8 +99,8 @@ def float32_snr_error_bound(lam: np.ndarray, rows: int, cols: int) -> float:
 def plan_workers(device: Union[str, torch.device, None, Sequence[Union[str, torch.device]]]) -> Tuple[List[torch.device], Optional[int]]:
     """The workers' devices and the torch threads each should use (None: leave as is).
     A single CPU device gets one single-threaded worker per torch thread: most of the
-    eigensolver is sequential, so two matrices at once on 2 cores took 0.49x the time of
-    one matrix with 2 threads on the llama8b-layer benchmark (benches/results)."""
+    eigensolver is sequential, so two matrices at once on 2 cores took 0.74x (small) and
+    0.91x (llama8b-layer) the time of one matrix with 2 threads (benches/results)."""
     devices = resolve_devices(device)
     threads = torch.get_num_threads()
     if isinstance(device, (list, tuple)) or len(devices) != 1 or devices[0].type != "cpu" or threads <= 1:
