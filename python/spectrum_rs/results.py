@@ -87,11 +87,10 @@ class ScanResult:
         """Per type, the names of its top ``top_percent`` layers by SNR (SPEC §3)."""
         pct = self.top_percent if top_percent is None else float(top_percent)
         _check_percent(pct)
-        out = {}
-        for t, layers in self.ranked().items():
-            k = int(len(layers) * pct / 100)
-            out[t] = [layer.name for layer in layers[:k]]
-        return out
+        types = [layer.type for layer in self.layers]
+        snrs = [_float(layer.snr) for layer in self.layers]
+        keep = _core.select_top(types, snrs, pct)  # the reference's int(count * pct / 100)
+        return {t: [self.layers[i].name for i in idx if keep[i]] for t, idx in _core.rank_by_type(types, snrs)}
 
     def select(self, top_percent: Optional[float] = None) -> List[str]:
         """Names of the layers to train: the top ``top_percent`` of each type, grouped by
