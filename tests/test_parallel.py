@@ -110,6 +110,7 @@ elif mode == "one-rank-fails":
     except spectrum_rs.SpectrumError as e:
         print(f"rank {rank} raised: {e}")
 dist.barrier()
+dist.destroy_process_group()
 """
 
 

@@ -141,6 +141,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         import torch.distributed as dist
 
         dist.barrier()  # every rank's checkpoint stays until the files are written
+        dist.destroy_process_group()  # a group left up can abort the process at exit
     if st.get("checkpoint"):
         Path(st["checkpoint"]).unlink(missing_ok=True)
     if not lead:
