@@ -1,7 +1,12 @@
-"""The worker's device paths: raw stored bytes converted by torch (what a GPU worker
-receives) give the same singular values as the Rust decoding, and on machines with CUDA
-the GPU scan agrees with the oracle, on one GPU and on all of them. The CUDA tests skip
-with a reason where torch sees no GPU."""
+"""The workers' device paths: raw stored bytes converted by torch (what a GPU worker
+receives) give the same singular values as the Rust decoding; the torch worker (run on
+torch's CPU device here) agrees with a float64 SVD; a CPU scan never imports torch; and
+on machines with CUDA the GPU scan agrees with the oracle, on one GPU and on all of them.
+The CUDA tests skip with a reason where torch sees no GPU."""
+
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,7 +14,7 @@ import torch
 
 import spectrum_rs
 from spectrum_rs import _core
-from spectrum_rs.singular_values import SingularValueWorker
+from spectrum_rs.torch_worker import TorchWorker
 
 from conftest import assert_snrs_match, cast, llama_tensors, oracle_for, write_single
 
@@ -33,7 +38,7 @@ def test_raw_bytes_converted_by_torch_match_rust_decoding(tmp_path, dtype):
     write_single(tmp_path, cast(stored, dtype))
     cat = _core.Catalog([str(tmp_path)])
     layers = cat.layers()
-    worker = SingularValueWorker("cpu", dtype="float64")
+    worker = TorchWorker("cpu", dtype="float64")
     decoded = {i: worker.singular_values(worker.to_matrix(a, s, layers[i]["rows"], layers[i]["cols"]))
                for i, a, s in cat.stream([0, 1], raw=False)}
     raw = list(cat.stream([0, 1], raw=True))
@@ -42,6 +47,40 @@ def test_raw_bytes_converted_by_torch_match_rust_decoding(tmp_path, dtype):
     for i, a, s in raw:
         values = worker.singular_values(worker.to_matrix(a, s, layers[i]["rows"], layers[i]["cols"]))
         np.testing.assert_array_equal(np.sort(values), np.sort(decoded[i]))
+
+
+@pytest.mark.parametrize("dtype", ["auto", "float32", "float64"])
+def test_torch_worker_agrees_with_a_float64_svd(dtype):
+    g = torch.Generator().manual_seed(5)
+    wide = torch.randn(48, 80, generator=g)
+    tall = torch.randn(90, 40, generator=g)
+    tall[:, 0] *= 50  # an outlier column
+    worker = TorchWorker("cpu", dtype=dtype)
+    for w in (wide, tall):
+        got = np.sort(worker.singular_values(worker.to_matrix(w.numpy(), "F32", *w.shape)))
+        want = np.sort(np.linalg.svd(w.double().numpy(), compute_uv=False))
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5 * want[-1])
+    svd = TorchWorker("cpu", method="svd").singular_values(torch.randn(30, 20, generator=g))
+    assert svd.shape == (20,) and svd.dtype == np.float64
+    nan = torch.randn(20, 10, generator=g)
+    nan[3, 4] = float("nan")
+    assert worker.singular_values(nan) is None
+
+
+def test_a_cpu_scan_never_imports_torch(bf16_model, tmp_path):
+    folder, expected = bf16_model
+    script = (
+        "import sys, json, spectrum_rs\n"
+        f"res = spectrum_rs.scan({str(folder)!r}, device='cpu')\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print(json.dumps({r.name: r.snr for r in res}))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout)
+    assert set(got) == set(expected)
+    for name, snr in expected.items():
+        assert got[name] == pytest.approx(snr, rel=1e-4, nan_ok=True)
 
 
 @needs_cuda

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from threadpoolctl import threadpool_info, threadpool_limits
 from safetensors.torch import save_file
 
 import spectrum_rs
@@ -45,16 +46,14 @@ def test_two_workers_pulling_from_one_stream_match_one_worker(tmp_path):
     assert [(r.name, r.snr) for r in two] == [(r.name, r.snr) for r in one]
 
 
-def test_a_cpu_scan_runs_one_single_threaded_worker_per_torch_thread(tmp_path):
+def test_a_cpu_scan_runs_one_single_threaded_worker_per_blas_thread(tmp_path):
     m = model(tmp_path / "m")
     one = spectrum_rs.scan(m, device="cpu")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    assert one.settings["device"] == "cpu"  # conftest pins BLAS to one thread
+    with threadpool_limits(limits=2, user_api="blas"):
         two = spectrum_rs.scan(m, device="cpu")
-        assert torch.get_num_threads() == 2, "the caller's thread setting is restored"
-    finally:
-        torch.set_num_threads(previous)
+        blas = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+        assert blas and all(n == 2 for n in blas), "the caller's thread setting is restored"
     assert two.settings["device"] == "cpu x2"
     # Each matrix is computed by one thread either way: the numbers are identical.
     assert [(r.name, r.snr) for r in two] == [(r.name, r.snr) for r in one]

@@ -309,18 +309,35 @@ def test_float64_is_needed_for_outlier_matrices(outlier_model):
 
 
 def test_auto_dtype_falls_back_on_rank_deficient_matrices(tmp_path):
-    """A matrix with many zero singular values (a quarter of its rows pruned): float32
-    Gram eigenvalues near zero are off by ~sqrt(eps32) * S[0], beyond the bound, although
-    nothing about largest/median looks unusual."""
+    """A matrix with many zero singular values (half its rows pruned): rounding the Gram
+    matrix to float32 moves its zero eigenvalues by ~eps32 * S[0]**2, i.e. the singular
+    values by ~sqrt(eps32) * S[0], beyond the bound, although nothing about
+    largest/median looks unusual."""
     rng = np.random.default_rng(12)
     w = rng.standard_normal((512, 512)) * 0.02
-    w[:128] = 0
+    w[:256] = 0
     stored = {"model.layers.0.self_attn.o_proj.weight": torch.from_numpy(w).float()}
     folder = write_single(tmp_path, stored)
     expected = {"model.layers.0.self_attn.o_proj": oracle_snr(stored["model.layers.0.self_attn.o_proj.weight"])}
     f32 = spectrum_rs.scan(folder, dtype="float32")
     assert not same_number(f32["model.layers.0.self_attn.o_proj"].snr, expected["model.layers.0.self_attn.o_proj"])
     assert_snrs_match(spectrum_rs.scan(folder), expected)
+
+
+def test_auto_dtype_takes_an_svd_of_a_low_rank_matrix(tmp_path):
+    """A rank-4 matrix stored in float32 (a merged low-rank update, say): its other
+    singular values are float32 rounding, ~1e-8 of S[0]. Squared in a Gram matrix they sit
+    at ~1e-16 of the largest eigenvalue, where even float64 rounding moves them: both
+    Gram precisions miss the bound, and ``dtype="auto"`` goes on to a float64 SVD."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((128, 4)) @ rng.standard_normal((4, 96)) / np.sqrt(128 * 96)
+    stored = {"model.layers.0.mlp.up_proj.weight": torch.from_numpy(w).float()}
+    folder = write_single(tmp_path, stored)
+    name = "model.layers.0.mlp.up_proj"
+    expected = oracle_snr(stored[name + ".weight"])
+    for dtype in ("float32", "float64"):
+        assert not same_number(spectrum_rs.scan(folder, dtype=dtype)[name].snr, expected), dtype
+    assert_snrs_match(spectrum_rs.scan(folder), {name: expected})
 
 
 def test_auto_dtype_meets_the_bound_across_outlier_strengths(tmp_path):

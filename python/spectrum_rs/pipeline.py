@@ -15,12 +15,12 @@ import numpy as np
 
 from . import _core
 from .results import LayerResult
-from .singular_values import SingularValueWorker
+from .singular_values import Worker
 
 OnRecord = Callable[[int, LayerResult], None]
 
 
-def measure(worker: SingularValueWorker, info: Dict[str, Any], matrix: Any, no_noise: str) -> LayerResult:
+def measure(worker: Worker, info: Dict[str, Any], matrix: Any, no_noise: str) -> LayerResult:
     """The SPEC §2 numbers of one layer whose matrix is already on the worker's device."""
     rows, cols = info["rows"], info["cols"]
     s = worker.singular_values(matrix)
@@ -43,7 +43,7 @@ def measure(worker: SingularValueWorker, info: Dict[str, Any], matrix: Any, no_n
 _END = object()
 
 
-def _run_one(worker: SingularValueWorker, next_item: Callable[[], Optional[Tuple[int, Any, str]]],
+def _run_one(worker: Worker, next_item: Callable[[], Optional[Tuple[int, Any, str]]],
              layers: List[Dict[str, Any]], no_noise: str, on_record: OnRecord,
              stop: Optional[threading.Event] = None) -> None:
     """One worker's loop. A feeder thread takes the next layer off the stream and uploads
@@ -100,7 +100,7 @@ def _run_one(worker: SingularValueWorker, next_item: Callable[[], Optional[Tuple
             feeder.join(0.05)
 
 
-def run(stream: Any, workers: Sequence[SingularValueWorker], layers: List[Dict[str, Any]], no_noise: str,
+def run(stream: Any, workers: Sequence[Worker], layers: List[Dict[str, Any]], no_noise: str,
         on_record: OnRecord) -> None:
     """Consumes ``stream`` with ``workers`` until it ends; re-raises the first error."""
     if len(workers) == 1:
@@ -120,7 +120,7 @@ def run(stream: Any, workers: Sequence[SingularValueWorker], layers: List[Dict[s
         with report:
             on_record(index, rec)
 
-    def body(worker: SingularValueWorker) -> None:
+    def body(worker: Worker) -> None:
         try:
             _run_one(worker, next_item, layers, no_noise, record, stop)
         except BaseException as e:  # handed to the main thread

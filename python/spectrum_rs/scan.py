@@ -1,7 +1,7 @@
 """``scan()``: from a model path to a ``ScanResult``. Opens the catalog (Rust), picks this
 process's layers, streams them off disk (Rust thread) through the pipeline of SVD workers
-(torch) and statistics (Rust), keeps the checkpoint, and adds the tied head the config
-describes."""
+(numpy on the CPU, torch on GPUs) and statistics (Rust), keeps the checkpoint, and adds
+the tied head the config describes."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from .model_config import embedding_source, fp8_scale_block, read_config, ties_e
 from .model_source import default_name, resolve_model
 from .progress import Progress
 from .results import LayerResult, ScanResult, embedding_names
-from .singular_values import SingularValueWorker, plan_workers, torch_threads
+from .singular_values import Worker, limit_blas_threads, make_workers, plan_workers
 
 PathLike = Union[str, "os.PathLike[str]"]
 # Read-ahead of 128 MiB: peak RSS rose 81 % from `small` to its 8x-layers copy with a
@@ -71,13 +71,15 @@ def scan(
         exclude: types, names or globs to leave out.
         include_1d: also report 1-D tensors (norms) the way the reference does (SNR 1.0).
         top_percent: share of each type selected by ``ScanResult.select()`` (default 25).
-        device: ``"auto"`` (the first GPU when torch sees one, else the CPU), ``"cpu"``,
+        device: ``"auto"`` (the first GPU when torch sees one, else the CPU, where numpy
+            computes and torch is not imported), ``"cpu"``,
             ``"cuda"`` (every visible GPU, one worker each), ``"cuda:1"``, or a list such as
             ``["cuda:0", "cuda:2"]``. Under ``torchrun``, ``"auto"`` is the rank's own GPU.
         method: ``"gram"`` (eigenvalues of the Gram matrix, default) or ``"svd"``.
-        dtype: ``"auto"`` (default): the Gram matrix in float32, recomputed in float64
-            for a matrix where an a-posteriori bound says float32 could move the SNR by
-            5e-5 or more (SPEC §2 allows 1e-4); ``"float32"`` or ``"float64"`` force one
+        dtype: precision of the Gram matrix (its eigenvalues are always computed in
+            float64). ``"auto"`` (default): float32, formed again in float64 for a matrix
+            where an a-posteriori bound says float32 rounding could move the SNR by 5e-5
+            or more (SPEC §2 allows 1e-4); ``"float32"`` or ``"float64"`` force one
             (float32 alone misses the bound on matrices with strong outliers or many zero
             singular values).
         no_noise: ``"one"`` (current reference: noise 1.0 when no value is below the
@@ -103,7 +105,7 @@ def scan(
     paths = _model_paths(model, download)
     rank_world = distributed.active() if distributed_scan else None
     devices, threads = plan_workers(distributed.local_device(device) if rank_world else device)
-    workers = [SingularValueWorker(device=d, method=method, dtype=dtype) for d in devices]
+    workers = make_workers(devices, method, dtype)
     config = read_config(_model_folder(paths))
     catalog = _core.Catalog(paths, scale_block=fp8_scale_block(config))
     layers = catalog.layers()
@@ -163,7 +165,7 @@ def scan(
     show = progress if rank_world is None or rank_world[0] == 0 else False
     error: Optional[Exception] = None
     try:
-        with torch_threads(threads):
+        with limit_blas_threads(threads):
             resumed[0] = _scan_share(catalog, layers, mine, workers, no_noise, window_bytes, show, ck, results)
     except KeyboardInterrupt:
         # Nothing computed is lost: the layers finished so far travel with the exception
@@ -178,7 +180,7 @@ def scan(
     return result(results)
 
 
-def _scan_share(catalog: Any, layers: List[dict], mine: List[int], workers: List[SingularValueWorker],
+def _scan_share(catalog: Any, layers: List[dict], mine: List[int], workers: List[Worker],
                 no_noise: str, window_bytes: int, progress: Any, ck: Optional[Checkpoint],
                 results: Dict[int, LayerResult]) -> int:
     """Scans this process's layers into ``results``, skipping those the checkpoint holds;
@@ -221,7 +223,7 @@ class ScanInterrupted(KeyboardInterrupt):
         self.partial = partial
 
 
-def _describe(workers: List[SingularValueWorker]) -> str:
+def _describe(workers: List[Worker]) -> str:
     """``cuda:0, cuda:1`` or ``cpu x2`` (two single-threaded CPU workers)."""
     names = [str(w.device) for w in workers]
     if len(names) > 1 and len(set(names)) == 1:
