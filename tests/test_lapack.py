@@ -9,8 +9,16 @@ from threadpoolctl import threadpool_info
 from spectrum_rs import lapack
 
 
+@pytest.fixture(params=["two-stage", "size-rule"])
+def route(request, monkeypatch):
+    """``two-stage``: every size through LAPACK's dsyevd_2stage; ``size-rule``: as shipped."""
+    if request.param == "two-stage":
+        monkeypatch.setattr(lapack, "TWO_STAGE_FROM", 1)
+    return request.param
+
+
 @pytest.mark.parametrize("n", [1, 2, 7, 200, 513])
-def test_eigenvalues_match_numpy(n):
+def test_eigenvalues_match_numpy(n, route):
     rng = np.random.default_rng(n)
     x = rng.standard_normal((n + 5, n))
     g = x.T @ x
@@ -20,7 +28,15 @@ def test_eigenvalues_match_numpy(n):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * want[-1])
 
 
-def test_repeated_and_zero_eigenvalues():
+def test_a_matrix_above_the_two_stage_size():
+    n = lapack.TWO_STAGE_FROM + 3
+    x = np.random.default_rng(1).standard_normal((n, n // 8))
+    g = x @ x.T  # rank n/8: mostly zero eigenvalues
+    want = np.linalg.eigvalsh(g)
+    np.testing.assert_allclose(lapack.eigvalsh(g.copy()), want, rtol=0, atol=1e-12 * want[-1])
+
+
+def test_repeated_and_zero_eigenvalues(route):
     g = np.diag([0.0, 0.0, 2.0, 2.0, 5.0])
     q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((5, 5)))
     a = np.ascontiguousarray(q @ g @ q.T)
