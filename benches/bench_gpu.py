@@ -3,7 +3,7 @@
 projected time of a whole-model scan. Run by ``benches/gpu.sh`` (under 5 minutes on one
 H200); ``--smoke`` runs the same code on the CPU with shapes divided by 64.
 
-Our method (what ``SingularValueWorker`` does on CUDA): upload the stored bf16 bytes,
+Our method (what ``spectrum_rs.torch_worker.TorchWorker`` does on CUDA): upload the stored bf16 bytes,
 convert on the device to float64, Gram matrix of the smaller side (``a.T @ a`` or
 ``a @ a.T``), ``eigvalsh``, clamp at 0 and square-root. Timings use
 ``torch.cuda.synchronize``; each is the best of a few runs after one warm-up run.
@@ -402,11 +402,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         import inspect
 
         import spectrum_rs
-        from spectrum_rs.singular_values import SingularValueWorker
+        from spectrum_rs.torch_worker import TorchWorker
 
         sig = inspect.signature(spectrum_rs.scan).parameters
         args.product_dtype = sig["dtype"].default if "dtype" in sig else "float64"
-        args.worker = SingularValueWorker(device=str(device), method="gram", dtype=args.product_dtype)
+        args.worker = TorchWorker(device=str(device), method="gram", dtype=args.product_dtype)
         have_pkg = True
     except Exception as e:  # noqa: BLE001 - report any reason
         args.worker = None
