@@ -1,7 +1,8 @@
 """How far rounding the Gram matrix to float32 moves its eigenvalues, relative to the
 largest, on the layer shapes of real models and on spectra with outliers, heavy tails and
 low rank. This is the error the model in python/spectrum_rs/singular_values.py
-must cover: ``|dλ_i| <= FLOAT32_RELATIVE_ERROR * λ_i + FLOAT32_ABSOLUTE_ERROR * λmax``. Eigenvalues come from the product's own float64 eigensolver, of the Gram
+must cover: ``|dλ_i| <= FLOAT32_RELATIVE_ERROR * λ_i + max(FLOAT32_ABSOLUTE_ERROR * λmax,
+2 * |most negative computed λ|)``. Eigenvalues come from the product's own float64 eigensolver, of the Gram
 matrix formed the product's way (numpy ``syrk`` in blocks of rows) in float32 and float64.
 
     python benches/calibrate_gram.py [--quick] [--out benches/results/gram-float32-error.md]
@@ -18,10 +19,12 @@ from threadpoolctl import threadpool_limits
 
 from spectrum_rs import lapack
 from spectrum_rs.numpy_worker import gram
-from spectrum_rs.singular_values import FLOAT32_ABSOLUTE_ERROR, FLOAT32_RELATIVE_ERROR
+from spectrum_rs.singular_values import (FLOAT32_ABSOLUTE_ERROR, FLOAT32_RELATIVE_ERROR, NEGATIVE_EVIDENCE,
+                                         gram_error_model)
 
-SHAPES = [(1024, 1024), (2816, 1024), (32000, 1024), (4096, 4096), (1024, 4096), (14336, 4096), (32000, 4096)]
-QUICK = [(1024, 1024), (2816, 1024), (4096, 1024)]
+SHAPES = [(256, 1024), (1024, 1024), (2816, 1024), (1024, 2816), (32000, 1024), (2048, 2048), (4096, 4096),
+          (1024, 4096), (14336, 4096), (32000, 4096)]
+QUICK = [(1024, 1024), (2816, 1024), (1024, 2816)]
 
 
 def matrix(kind: str, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
@@ -35,6 +38,10 @@ def matrix(kind: str, rows: int, cols: int, rng: np.random.Generator) -> np.ndar
         w += (rng.standard_normal((rows, r), dtype=np.float32) @ rng.standard_normal((r, cols), dtype=np.float32)) * 0.02
     elif kind == "half-rows-zero":
         w[: rows // 2] = 0
+    elif kind == "8-rows-zero":
+        w[:8] = 0
+    elif kind == "1-row-zero":
+        w[:1] = 0
     elif kind == "rank-1 outlier":
         w += 20 * 0.02 * np.outer(rng.standard_normal(rows), rng.standard_normal(cols)).astype(np.float32) / np.sqrt(cols)
     return w
@@ -45,9 +52,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small shapes only (a smoke test)")
     ap.add_argument("--out", default=None, help="write a markdown table here")
     args = ap.parse_args()
-    kinds = ["gaussian", "outlier-columns", "heavy-tailed", "low-rank+noise", "rank-1 outlier", "half-rows-zero"]
+    kinds = ["gaussian", "outlier-columns", "heavy-tailed", "low-rank+noise", "rank-1 outlier", "half-rows-zero",
+             "8-rows-zero", "1-row-zero"]
     rows_out = []
-    worst = worst_abs = worst_rel = 0.0
+    worst_floor = worst_rel = 0.0
+    all_ok = True
     with threadpool_limits(1):
         for rows, cols in (QUICK if args.quick else SHAPES):
             for kind in kinds:
@@ -59,35 +68,37 @@ def main() -> None:
                 d = np.abs(l32 - l64)
                 top = l64[-1]
                 bulk = l64 < top / 100
-                err = float(d.max() / top)
-                absolute = float(d[bulk].max() / top) if bulk.any() else 0.0
-                relative = float((d[~bulk] / l64[~bulk]).max())
-                # The smallest (relative, absolute) pair of the model that covers this case.
-                need = float(((d - FLOAT32_ABSOLUTE_ERROR * top) / np.maximum(l64, 1e-300 * top)).max())
-                worst_abs = max(worst_abs, absolute)
-                worst_rel = max(worst_rel, relative)
-                worst = max(worst, need)
-                rows_out.append((rows, cols, kind, err, absolute, relative, need))
-                print(f"{rows:>6}x{cols:<5} {kind:<16} max|dλ|/λmax = {err:.2e}  bulk (λ<λmax/100) |dλ|/λmax = "
-                      f"{absolute:.2e}  outliers |dλ|/λ = {relative:.2e}", flush=True)
-    covered = worst_abs <= FLOAT32_ABSOLUTE_ERROR and worst <= FLOAT32_RELATIVE_ERROR
-    print(f"worst: bulk {worst_abs:.2e} of λmax, outliers {worst_rel:.2e} of λ; model "
-          f"|dλ| <= {FLOAT32_RELATIVE_ERROR:.1e} λ + {FLOAT32_ABSOLUTE_ERROR:.1e} λmax "
-          f"{'covers every eigenvalue' if covered else 'DOES NOT cover every eigenvalue'} "
-          f"(relative part needed: {worst:.2e})")
+                relative, absolute = gram_error_model(l32, "float32")
+                negative = NEGATIVE_EVIDENCE * max(0.0, -float(l32[0])) / top
+                # the bulk error the negative eigenvalues do not account for: the floor must cover it
+                floor_need = float(((d[bulk] / top) - negative).max()) if bulk.any() else 0.0
+                # the relative part needed on top of the model's absolute part
+                rel_need = float(((d - absolute * top) / np.maximum(l64, 1e-300 * top)).max())
+                ok = bool(np.all(d <= relative * np.abs(l64) + absolute * top))
+                worst_floor = max(worst_floor, floor_need)
+                worst_rel = max(worst_rel, rel_need)
+                all_ok &= ok
+                rows_out.append((rows, cols, kind, float(d.max() / top), float(d[bulk].max() / top) if bulk.any() else 0.0,
+                                 negative / NEGATIVE_EVIDENCE, floor_need, rel_need, ok))
+                print(f"{rows:>6}x{cols:<5} {kind:<16} max|dλ|/λmax {d.max() / top:.2e}  bulk floor needed "
+                      f"{floor_need:.2e}  relative needed {rel_need:.2e}  covered {ok}", flush=True)
+    print(f"worst: floor needed {worst_floor:.2e} (model {FLOAT32_ABSOLUTE_ERROR:.1e}), relative needed {worst_rel:.2e} "
+          f"(model {FLOAT32_RELATIVE_ERROR:.1e}); the model covers every eigenvalue: {all_ok}")
     if args.out:
         with open(args.out, "w") as f:
             f.write("# Float32 Gram rounding: eigenvalue error relative to the largest\n\n")
             f.write(f"`python benches/calibrate_gram.py --out {args.out}` on {platform.processor() or platform.machine()}, "
                     f"numpy {np.__version__}, eigensolver: {lapack.backend()}.\n\n")
-            f.write("| shape | spectrum | max abs(dλ) / λmax | bulk (λ < λmax/100): max abs(dλ) / λmax "
-                    "| λ ≥ λmax/100: max abs(dλ) / λ |\n|---|---|---|---|---|\n")
-            for rows, cols, kind, err, absolute, relative, _ in rows_out:
-                f.write(f"| {rows}x{cols} | {kind} | {err:.2e} | {absolute:.2e} | {relative:.2e} |\n")
-            f.write(f"\nWorst: bulk {worst_abs:.2e} of λmax, larger eigenvalues {worst_rel:.2e} of their own value. "
-                    f"The product's model |dλ| <= {FLOAT32_RELATIVE_ERROR:.1e} λ + {FLOAT32_ABSOLUTE_ERROR:.1e} λmax "
-                    f"{'covers every eigenvalue measured' if covered else 'DOES NOT cover every eigenvalue'} "
-                    f"(relative part needed with that absolute part: {worst:.2e}).\n")
+            f.write("Model: |dλ| <= relative λ + max(floor λmax, 2 × |most negative computed λ|), "
+                    f"relative = {FLOAT32_RELATIVE_ERROR:.1e}, floor = {FLOAT32_ABSOLUTE_ERROR:.1e}.\n\n")
+            f.write("| shape | spectrum | max abs(dλ) / λmax | bulk (λ < λmax/100) max abs(dλ) / λmax "
+                    "| most negative λ / λmax | floor needed | relative needed | covered |\n"
+                    "|---|---|---|---|---|---|---|---|\n")
+            for rows, cols, kind, err, bulk_err, neg, floor_need, rel_need, ok in rows_out:
+                f.write(f"| {rows}x{cols} | {kind} | {err:.2e} | {bulk_err:.2e} | {neg:.1e} | {floor_need:.1e} "
+                        f"| {rel_need:.1e} | {ok} |\n")
+            f.write(f"\nWorst: floor needed {worst_floor:.2e}, relative needed {worst_rel:.2e}. "
+                    f"The model covers every eigenvalue measured: {all_ok}.\n")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _core
+from .memory import release_freed
 from .results import LayerResult
 from .singular_values import Worker
 
@@ -88,6 +89,7 @@ def _run_one(worker: Worker, next_item: Callable[[], Optional[Tuple[int, Any, st
             del got
             record = measure(worker, layers[index], matrix, no_noise)
             del matrix
+            release_freed()
             slots.release()
             on_record(index, record)
     finally:

@@ -24,17 +24,21 @@ from . import _core
 METHODS = ("gram", "svd")
 DTYPES = ("auto", "float32", "float64")
 #: With ``dtype="auto"``, each eigenvalue ``λ`` of a float32 Gram matrix is taken to be off
-#: by up to ``FLOAT32_RELATIVE_ERROR * λ + FLOAT32_ABSOLUTE_ERROR * λmax``, and the SNR is
-#: computed again from a float64 Gram matrix unless that perturbation moves it by less
-#: than ``AUTO_MAX_ERROR`` (SPEC §2 allows 1e-4, so half of it is kept as margin).
-#: Rounding a Gram matrix to float32 (numpy syrk, 1024..32000 x 1024..4096, six kinds of
-#: spectrum) moved its large eigenvalues by at most 5.1e-7 of their own value beyond the
-#: absolute part (heavy-tailed columns, whose long sums of squares round the most) and the
-#: bulk by at most 1.24e-7 of the largest (half the rows zero): see
-#: benches/results/gram-float32-error.md (``python benches/calibrate_gram.py``). On the
-#: real all-MiniLM-L6-v2, 5 of its 40 matrices take the float64 route.
+#: by up to ``FLOAT32_RELATIVE_ERROR * λ + max(FLOAT32_ABSOLUTE_ERROR * λmax, 2 * n)``,
+#: where ``n`` is the most negative eigenvalue computed (a Gram matrix has none: its
+#: size shows how far rounding spread the zero eigenvalues of a rank-deficient matrix).
+#: The SNR is computed again from a float64 Gram matrix unless that perturbation moves it
+#: by less than ``AUTO_MAX_ERROR`` (SPEC §2 allows 1e-4: half of it is kept as margin).
+#: Measured on 80 matrices of 256..32000 x 1024..4096 with eight kinds of spectrum
+#: (``python benches/calibrate_gram.py``, benches/results/gram-float32-error.md): large
+#: eigenvalues moved by up to 6.6e-7 of their own value (heavy-tailed columns, whose long
+#: sums of squares round the most), the bulk of a full-rank matrix by up to 1.6e-8 of the
+#: largest, and the zero eigenvalues of rank-deficient ones (up to 1.2e-7 of the largest)
+#: by no more than the most negative one. With this model 1 of all-MiniLM-L6-v2's 40
+#: matrices takes the float64 route (5 with a uniform 1.5e-7 of the largest, 32 with 6e-7).
 FLOAT32_RELATIVE_ERROR = 1.5e-6
-FLOAT32_ABSOLUTE_ERROR = 1.5e-7
+FLOAT32_ABSOLUTE_ERROR = 4e-8
+NEGATIVE_EVIDENCE = 2.0
 #: The same for a float64 Gram matrix, scaled by the ratio of the two precisions. When
 #: even that could move the SNR (most singular values zero or nearly: squaring them in the
 #: Gram matrix buries them in rounding), ``"auto"`` takes a float64 SVD of the matrix.
@@ -148,9 +152,17 @@ def snr_error_bound(lam: np.ndarray, rows: int, cols: int, relative: float = FLO
 def gram_suffices(lam: np.ndarray, rows: int, cols: int, gram_dtype: str) -> bool:
     """Whether the eigenvalues ``lam`` of a Gram matrix formed in ``gram_dtype``
     (``"float32"`` or ``"float64"``) give the SNR within ``AUTO_MAX_ERROR``."""
+    lam = np.asarray(lam, dtype=np.float64)
+    return snr_error_bound(lam, rows, cols, *gram_error_model(lam, gram_dtype)) <= AUTO_MAX_ERROR
+
+
+def gram_error_model(lam: np.ndarray, gram_dtype: str) -> Tuple[float, float]:
+    """``(relative, absolute)`` for :func:`snr_error_bound`: how far rounding a Gram matrix
+    to ``gram_dtype`` may have moved its eigenvalues ``lam`` (ascending)."""
     scale = 1.0 if gram_dtype == "float32" else PRECISION_RATIO
-    return snr_error_bound(np.asarray(lam, dtype=np.float64), rows, cols, FLOAT32_RELATIVE_ERROR * scale,
-                           FLOAT32_ABSOLUTE_ERROR * scale) <= AUTO_MAX_ERROR
+    top = float(lam[-1]) if lam.size else 0.0
+    negative = max(0.0, -float(lam[0])) / top if lam.size and top > 0 else 0.0
+    return FLOAT32_RELATIVE_ERROR * scale, max(FLOAT32_ABSOLUTE_ERROR * scale, NEGATIVE_EVIDENCE * negative)
 
 
 def blas_threads() -> int:
