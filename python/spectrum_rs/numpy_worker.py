@@ -21,6 +21,7 @@ class NumpyWorker:
 
     device = "cpu"
     wants_raw = False  # the Rust reader decodes every dtype to float32 off the GIL
+    slots = 1  # layers held at once: there is no upload to overlap with the computation
 
     def __init__(self, method: str = "gram", dtype: str = "auto") -> None:
         if method not in METHODS:

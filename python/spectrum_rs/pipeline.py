@@ -49,9 +49,11 @@ def _run_one(worker: Worker, next_item: Callable[[], Optional[Tuple[int, Any, st
              stop: Optional[threading.Event] = None) -> None:
     """One worker's loop. A feeder thread takes the next layer off the stream and uploads
     it while this thread computes the current one (a GPU's copy engine then works while
-    its cores compute); two slots bound the layers a worker holds at once to two."""
+    its cores compute); ``worker.slots`` bounds the layers a worker holds at once: two on
+    a GPU, one on the CPU, where nothing overlaps and a layer taken early could wait
+    behind a long one while another worker idles."""
     handoff: "queue.Queue[Any]" = queue.Queue(maxsize=1)
-    slots = threading.Semaphore(2)
+    slots = threading.Semaphore(max(1, int(getattr(worker, "slots", 2))))
     halt = threading.Event()
 
     def feed() -> None:

@@ -59,6 +59,9 @@ class Worker(Protocol):
     @property
     def wants_raw(self) -> bool: ...  # stored bytes (True) or decoded float32 (False)
 
+    @property
+    def slots(self) -> int: ...  # layers held at once (the next one prefetched when 2)
+
     def to_matrix(self, array: np.ndarray, stored: str, rows: int, cols: int) -> Any: ...
 
     def singular_values(self, matrix: Any) -> Optional[np.ndarray]: ...

@@ -60,6 +60,11 @@ class TorchWorker:
         self._staged: List[Optional["torch.cuda.Event"]] = [None, None]
 
     @property
+    def slots(self) -> int:
+        """Layers held at once: on a GPU the next one uploads while this one computes."""
+        return 2 if self.device.type == "cuda" else 1
+
+    @property
     def wants_raw(self) -> bool:
         """On CUDA the stored bytes travel (half the size of float32) and are decoded there."""
         return self.device.type == "cuda"
