@@ -13,7 +13,7 @@ slower, never wrong."""
 from __future__ import annotations
 
 import ctypes
-import threading
+import functools
 from typing import Callable, Optional
 
 import numpy as np
@@ -27,10 +27,6 @@ _NAMES = ("scipy_LAPACKE_dsyevd_2stage64_", "LAPACKE_dsyevd_2stage64_", "LAPACKE
 
 #: Matrices with at least this many rows go to ``dsyevd_2stage``; smaller ones to numpy.
 TWO_STAGE_FROM = 2048
-
-_lock = threading.Lock()
-_routine: Optional[Callable[[np.ndarray], np.ndarray]] = None
-_resolved = False
 
 
 def _find() -> Optional[Callable[..., int]]:
@@ -71,22 +67,19 @@ def _two_stage(fn: Callable[..., int]) -> Callable[[np.ndarray], np.ndarray]:
     return eigvalsh
 
 
+@functools.lru_cache(maxsize=None)
 def _routine_for_this_process() -> Callable[[np.ndarray], np.ndarray]:
-    global _routine, _resolved
-    with _lock:
-        if not _resolved:
-            _resolved = True
-            fn = _find()
-            if fn is not None:
-                candidate = _two_stage(fn)
-                probe = np.array([[4.0, 1.0, 0.5], [1.0, 3.0, 0.25], [0.5, 0.25, 2.0]])
-                try:
-                    ok = np.allclose(candidate(probe.copy()), np.linalg.eigvalsh(probe), rtol=1e-12, atol=1e-12)
-                except np.linalg.LinAlgError:
-                    ok = False
-                if ok:
-                    _routine = candidate
-        return _routine if _routine is not None else _numpy_eigvalsh
+    """``dsyevd_2stage`` when found and right on a known matrix, else numpy's eigvalsh."""
+    fn = _find()
+    if fn is None:
+        return _numpy_eigvalsh
+    candidate = _two_stage(fn)
+    probe = np.array([[4.0, 1.0, 0.5], [1.0, 3.0, 0.25], [0.5, 0.25, 2.0]])
+    try:
+        ok = np.allclose(candidate(probe.copy()), np.linalg.eigvalsh(probe), rtol=1e-12, atol=1e-12)
+    except np.linalg.LinAlgError:
+        ok = False
+    return candidate if ok else _numpy_eigvalsh
 
 
 def _numpy_eigvalsh(a: np.ndarray) -> np.ndarray:

@@ -10,10 +10,7 @@ from typing import Optional
 import numpy as np
 
 from . import lapack
-from .singular_values import DTYPES, METHODS, gram_suffices
-
-#: Elements of one block of rows converted at a time when forming a Gram matrix.
-GRAM_BLOCK_ELEMENTS = 1 << 25
+from .singular_values import GRAM_BLOCK_ELEMENTS, check_method_dtype, gram_suffices
 
 
 class NumpyWorker:
@@ -24,10 +21,7 @@ class NumpyWorker:
     slots = 1  # layers held at once: there is no upload to overlap with the computation
 
     def __init__(self, method: str = "gram", dtype: str = "auto") -> None:
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+        check_method_dtype(method, dtype)
         self.method = method
         self.dtype = dtype
 

@@ -53,7 +53,7 @@ def _run_one(worker: Worker, next_item: Callable[[], Optional[Tuple[int, Any, st
     a GPU, one on the CPU, where nothing overlaps and a layer taken early could wait
     behind a long one while another worker idles."""
     handoff: "queue.Queue[Any]" = queue.Queue(maxsize=1)
-    slots = threading.Semaphore(max(1, int(getattr(worker, "slots", 2))))
+    slots = threading.Semaphore(worker.slots)
     halt = threading.Event()
 
     def feed() -> None:

@@ -23,6 +23,8 @@ from . import _core
 
 METHODS = ("gram", "svd")
 DTYPES = ("auto", "float32", "float64")
+#: Elements of one block of rows converted at a time when forming a Gram matrix.
+GRAM_BLOCK_ELEMENTS = 1 << 25
 #: With ``dtype="auto"``, each eigenvalue ``λ`` of a float32 Gram matrix is taken to be off
 #: by up to ``FLOAT32_RELATIVE_ERROR * λ + max(FLOAT32_ABSOLUTE_ERROR * λmax, 2 * n)``,
 #: where ``n`` is the most negative eigenvalue computed (a Gram matrix has none: its
@@ -210,12 +212,16 @@ def limit_blas_threads(n: Optional[int]) -> Iterator[None]:
         yield
 
 
-def make_workers(devices: Sequence[str], method: str, dtype: str) -> List[Worker]:
-    """One worker per device: numpy on the CPU, torch on a GPU."""
+def check_method_dtype(method: str, dtype: str) -> None:
+    """Raises ``ValueError`` for a method or dtype no worker knows."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+
+
+def make_workers(devices: Sequence[str], method: str, dtype: str) -> List[Worker]:
+    """One worker per device: numpy on the CPU, torch on a GPU."""
     workers: List[Worker] = []
     for d in devices:
         if d == "cpu":

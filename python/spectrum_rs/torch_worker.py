@@ -11,22 +11,13 @@ from typing import List, Optional, Union
 import numpy as np
 import torch
 
-from .singular_values import DTYPES, METHODS, gram_suffices
+from .singular_values import GRAM_BLOCK_ELEMENTS, check_method_dtype, gram_suffices
 
 #: Size of each of a GPU worker's two pinned host buffers that uploads go through.
 STAGING_BYTES = 64 << 20
-#: Elements of one block of rows converted at a time when forming a Gram matrix.
-GRAM_BLOCK_ELEMENTS = 1 << 25
 _TORCH_DTYPES = {"auto": torch.float32, "float32": torch.float32, "float64": torch.float64}
 # Stored dtypes that arrive as raw bytes and are converted on the device.
 _RAW = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
-
-
-def cuda_devices() -> List[torch.device]:
-    """Every CUDA device torch sees (empty without one)."""
-    if not torch.cuda.is_available():
-        return []
-    return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
 
 
 class Matrix:
@@ -44,10 +35,7 @@ class TorchWorker:
 
     def __init__(self, device: Union[str, torch.device] = "cuda", method: str = "gram",
                  dtype: str = "auto") -> None:
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+        check_method_dtype(method, dtype)
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {str(device)!r} was asked for, but torch sees no CUDA device")
