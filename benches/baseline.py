@@ -7,7 +7,7 @@ reimplemented faithfully for the benchmarks:
 2. for every ``nn.Linear`` / ``nn.Embedding`` whose ``.weight`` has 2 or more
    dimensions, ``torch.linalg.svdvals(module.weight)`` on the weight as stored
    (out x in, no transpose), in float32;
-3. the SPEC §2 statistics on those singular values, in torch, the way the reference
+3. the docs/method.md §2 statistics on those singular values, in torch, the way the reference
    script computes them (``torch.quantile``, Marchenko-Pastur threshold, signal/noise,
    divided by the largest singular value; noise 1.0 when no value is at or below the
    threshold, as the current reference does).
@@ -30,7 +30,7 @@ import torch
 
 
 def reference_stats(S: torch.Tensor, n: int, m: int) -> float:
-    """SPEC §2 on the singular values ``S`` (descending) of an ``n x m`` weight, in torch."""
+    """docs/method.md §2 on the singular values ``S`` (descending) of an ``n x m`` weight, in torch."""
     max_singular_value = S[0]
     q75 = torch.quantile(S, 0.75)
     q25 = torch.quantile(S, 0.25)
@@ -52,7 +52,8 @@ def reference_scan(path: str) -> Dict[str, object]:
     t_import = time.perf_counter() - t0
     t1 = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(
-        path, torch_dtype=torch.float32, low_cpu_mem_usage=True, device_map="auto")
+        path, torch_dtype=torch.float32, low_cpu_mem_usage=True, device_map="auto"
+    )
     t_load = time.perf_counter() - t1
     layers: Dict[str, dict] = {}
     t_svd = 0.0
@@ -95,9 +96,11 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--json", help="write timings and per-layer SNRs here")
     args = ap.parse_args(argv)
     r = reference_scan(args.model)
-    print(f"load {r['load_s']:.2f} s, svdvals {r['svdvals_s']:.2f} s, stats {r['stats_s']:.2f} s, "
-          f"total {r['total_s']:.2f} s, {len(r['layers'])} layers ({r['param_dtype']}, "
-          f"{r['torch_threads']} torch threads)")
+    print(
+        f"load {r['load_s']:.2f} s, svdvals {r['svdvals_s']:.2f} s, stats {r['stats_s']:.2f} s, "
+        f"total {r['total_s']:.2f} s, {len(r['layers'])} layers ({r['param_dtype']}, "
+        f"{r['torch_threads']} torch threads)"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(r, f, indent=1)

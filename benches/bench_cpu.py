@@ -25,6 +25,10 @@ What it measures (every figure in a fresh subprocess with the same thread settin
    ``faer`` (``benches/faer_eig``) with ``--faer``.
 4. Peak resident memory (``VmHWM``): ours vs the baseline on ``small``, ours on
    ``small-x8`` (8x the layers).
+
+This file owns the measurements (the children, the interference probe, the run); the
+float64 oracle is ``benches/oracle.py`` (the tests' oracle), the models
+``benches/models.py``, the markdown ``benches/report.py``.
 """
 
 from __future__ import annotations
@@ -36,7 +40,6 @@ import json
 import math
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -49,13 +52,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(REPO / "tests"))  # helpers.*: code shared with the tests (see benches/oracle.py)
+
+from helpers.safetensors_format import read_header  # noqa: E402  (standard library only)
 
 RESULT_TAG = "@@RESULT@@"
 NTHREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 FAER_DIR = HERE / "faer_eig"
 FAER_BIN = FAER_DIR / "target" / "release" / "faer-eig"
 REFERENCE_CACHE = ".bench-ref-svd64"  # = models.REFERENCE_CACHE (models.py imports torch)
-SPEC_BOUND = 1e-4
 
 
 def bench_models() -> Any:
@@ -69,15 +74,6 @@ ROLES = {
     False: {"small": "small", "8b": "llama8b-layer", "x8": "small-x8"},
     True: {"small": "tiny", "8b": "tiny", "x8": "tiny-x8"},
 }
-
-TARGETS = {
-    "speedup_8b": 8.0,
-    "speedup_small": 4.0,
-    "floor": 1.15,
-    "rss_vs_baseline": 0.25,
-    "x8_raise": 0.10,
-}
-
 
 # =========================================================================== helpers
 
@@ -96,8 +92,9 @@ PRODUCT: Optional[Path] = None  # --product: a frozen copy of the package (bench
 def child_env() -> Dict[str, str]:
     env = dict(os.environ)
     if PRODUCT is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(PRODUCT / "python"), str(HERE)]
-                                            + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(PRODUCT / "python"), str(HERE)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+        )
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS"):
         env[var] = str(NTHREADS)
     env["TOKENIZERS_PARALLELISM"] = "false"
@@ -145,7 +142,7 @@ class Probe:
         t = os.times()
         return t.children_user + t.children_system if self.children else t.user + t.system
 
-    def __enter__(self) -> "Probe":
+    def __enter__(self) -> Probe:
         self._t, self._b, self._o = time.perf_counter(), _busy_s(), self._own()
         return self
 
@@ -172,7 +169,7 @@ def run_child(kind: str, model: Path, *extra: str, blas_threads: Optional[int] =
         raise RuntimeError(f"child {kind} {model.name} failed ({p.returncode}):\n{p.stderr[-4000:]}")
     for line in reversed(p.stdout.splitlines()):
         if line.startswith(RESULT_TAG):
-            r = json.loads(line[len(RESULT_TAG):])
+            r = json.loads(line[len(RESULT_TAG) :])
             if isinstance(r, dict):
                 r["foreign_ratio"] = pr.ratio
                 if PRODUCT is not None and "module" in r and not r["module"].startswith(str(PRODUCT)):
@@ -183,9 +180,11 @@ def run_child(kind: str, model: Path, *extra: str, blas_threads: Optional[int] =
 
 def emit(obj: Any) -> None:
     if isinstance(obj, dict):
-        obj["interference"] = {"figures": len(MEASURES),
-                               "disturbed": sum(1 for r in MEASURES if r > CLEAN_FOREIGN),
-                               "max_ratio": max(MEASURES, default=0.0)}
+        obj["interference"] = {
+            "figures": len(MEASURES),
+            "disturbed": sum(1 for r in MEASURES if r > CLEAN_FOREIGN),
+            "max_ratio": max(MEASURES, default=0.0),
+        }
     print(RESULT_TAG + json.dumps(obj), flush=True)
 
 
@@ -215,62 +214,11 @@ def timed(fn: Callable[[], Any], budget_s: float = 2.0, extra: int = 2, min_runs
     return best[0], out
 
 
-# --------------------------------------------------------------------------- SPEC §2/§3
-
-
-def snr_from_singular_values(s: Any, n: int, m: int) -> float:
-    """SPEC §2 (noise 1.0 when no value is at or below the threshold), float64 numpy."""
-    import numpy as np
-
-    s = np.sort(np.asarray(s, dtype=np.float64))[::-1]
-    if s.size == 0 or not np.isfinite(s).all() or s[0] == 0:
-        return math.nan
-    q25, q75 = np.quantile(s, [0.25, 0.75])
-    sigma = (q75 - q25) / 1.349
-    threshold = sigma * (1 + math.sqrt(min(n, m) / max(n, m)))
-    signal = float(s[s > threshold].sum())
-    below = s[s <= threshold]
-    noise = float(below.sum()) if below.size else 1.0
-    snr = signal / noise if noise != 0 else math.inf
-    return snr / float(s[0])
-
-
-def snr_from_eigenvalues(lam: Any, n: int, m: int) -> float:
-    import numpy as np
-
-    return snr_from_singular_values(np.sqrt(np.clip(np.asarray(lam, dtype=np.float64), 0, None)), n, m)
-
-
-def spec_type(name: str) -> str:
-    parts = name.split(".")
-    for i, p in enumerate(parts):
-        if p.isdigit():
-            return ".".join(parts[i + 1:])
-    return name
-
-
-def natural_key(name: str) -> List[Any]:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
-def selection(snrs: Dict[str, float], top_percent: float = 25.0) -> set:
-    """SPEC §3: per type, stable sort by SNR descending (model order), keep the top share."""
-    by_type: Dict[str, List[str]] = {}
-    for name in sorted(snrs, key=natural_key):
-        by_type.setdefault(spec_type(name), []).append(name)
-    chosen = set()
-    for names in by_type.values():
-        ranked = sorted(names, key=lambda n: -snrs[n] if not math.isnan(snrs[n]) else math.inf)
-        chosen.update(ranked[: int(len(names) * top_percent / 100)])
-    return chosen
-
-
-def rel_err(a: Optional[float], ref: Optional[float]) -> Optional[float]:
-    if a is None or ref is None or math.isnan(ref) or math.isnan(a):
-        return None
-    if ref == a:
-        return 0.0
-    return abs(a - ref) / abs(ref) if ref != 0 else math.inf
+# --------------------------------------------------------------------------- docs/method.md §2/§3
+#
+# The float64 oracle (SNR from singular or Gram eigenvalues, types, selection, relative
+# error) is benches/oracle.py, i.e. the tests' tests/helpers/oracle.py. It imports numpy,
+# so it is imported inside the functions that use it, never before a child's timed imports.
 
 
 # --------------------------------------------------------------------------- model tensors
@@ -280,9 +228,7 @@ def model_tensors(model: Path) -> Dict[str, Tuple[Path, Tuple[int, ...]]]:
     """name -> (file, shape) of every tensor of a safetensors model folder."""
     out = {}
     for f in sorted(model.glob("*.safetensors")):
-        with open(f, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(n))
+        header, _ = read_header(f)
         for name, meta in header.items():
             if name != "__metadata__":
                 out[name] = (f, tuple(meta["shape"]))
@@ -291,12 +237,16 @@ def model_tensors(model: Path) -> Dict[str, Tuple[Path, Tuple[int, ...]]]:
 
 def matrix_names(model: Path) -> List[str]:
     """Tensor names of the model's matrices (>= 2-D), in model order."""
+    from oracle import natural_key
+
     return sorted((n for n, (_, s) in model_tensors(model).items() if len(s) >= 2), key=natural_key)
 
 
 def distinct_shapes(model: Path) -> List[Dict[str, Any]]:
     """The matrices (>= 2-D tensors) of a model grouped by stored shape: shape, count,
     the types that have it and a representative tensor (first in model order)."""
+    from oracle import layer_name, natural_key, spec_type
+
     groups: Dict[Tuple[int, ...], Dict[str, Any]] = {}
     tensors = model_tensors(model)
     for name in sorted(tensors, key=natural_key):
@@ -305,7 +255,7 @@ def distinct_shapes(model: Path) -> List[Dict[str, Any]]:
             continue
         g = groups.setdefault(shape, {"shape": list(shape), "count": 0, "types": [], "rep": name})
         g["count"] += 1
-        t = spec_type(name[: -len(".weight")] if name.endswith(".weight") else name)
+        t = spec_type(layer_name(name))
         if t not in g["types"]:
             g["types"].append(t)
     return sorted(groups.values(), key=lambda g: -g["shape"][0] * g["shape"][1])
@@ -319,13 +269,13 @@ def decoded(model: Path, tensors: Optional[set] = None) -> List[Tuple[str, Any]]
 
     cat = _core.Catalog([str(model)])
     layers = cat.layers()
-    chosen = [i for i in cat.select([], [], False) if tensors is None or layers[i]["tensor"] in tensors]
+    chosen = [i for i in cat.select([], [], False) if tensors is None or layers[i].tensor in tensors]
     out = []
     stream = cat.stream(chosen, window_bytes=1 << 30, raw=False)
     try:
         for index, array, stored in stream:
             assert stored == "F32", stored
-            out.append((layers[index]["tensor"], array.reshape(layers[index]["rows"], layers[index]["cols"])))
+            out.append((layers[index].tensor, array.reshape(layers[index].rows, layers[index].cols)))
     finally:
         stream.close()
     return out
@@ -338,6 +288,8 @@ def ref_cache_file(model: Path, name: str) -> Path:
 def load_ref_snr(model: Path, name: str, shape: Sequence[int]) -> Optional[float]:
     import numpy as np
 
+    from oracle import snr_from_singular_values
+
     f = ref_cache_file(model, name)
     if not f.is_file():
         return None
@@ -346,10 +298,6 @@ def load_ref_snr(model: Path, name: str, shape: Sequence[int]) -> Optional[float
 
 def shape_label(g: Dict[str, Any]) -> str:
     return f"{g['shape'][0]}x{g['shape'][1]}"
-
-
-def layer_name(tensor: str) -> str:
-    return tensor[: -len(".weight")] if tensor.endswith(".weight") else tensor
 
 
 # =========================================================================== children
@@ -368,8 +316,7 @@ def scan_defaults() -> Dict[str, Any]:
 def torch_in_process() -> Dict[str, Any]:
     """Whether torch was imported, and whether any of its libraries is mapped."""
     with open("/proc/self/maps") as f:
-        libs = sorted({line.split()[-1].rsplit("/", 1)[-1] for line in f
-                       if "libtorch" in line or "libc10" in line})
+        libs = sorted({line.split()[-1].rsplit("/", 1)[-1] for line in f if "libtorch" in line or "libc10" in line})
     return {"torch_imported": "torch" in sys.modules, "torch_libs_mapped": libs}
 
 
@@ -388,11 +335,19 @@ def child_ours(model: Path, dtype: Optional[str] = None) -> Dict[str, Any]:
     t1 = time.perf_counter()
     r = spectrum_rs.scan(str(model), **kwargs)
     t_scan = time.perf_counter() - t1
-    return {"import_s": t_import, "scan_s": t_scan, "vmhwm_import_kb": hwm_import, "vmhwm_kb": vmhwm_kb(),
-            "window_bytes": defaults.get("window_bytes"), "dtype": r.settings.get("dtype"),
-            "method": r.settings.get("method"), "workers": r.settings.get("device"),
-            "module": spectrum_rs.__file__, **torch_in_process(),
-            "snrs": {l.name: l.snr for l in r.layers}}
+    return {
+        "import_s": t_import,
+        "scan_s": t_scan,
+        "vmhwm_import_kb": hwm_import,
+        "vmhwm_kb": vmhwm_kb(),
+        "window_bytes": defaults.get("window_bytes"),
+        "dtype": r.settings.get("dtype"),
+        "method": r.settings.get("method"),
+        "workers": r.settings.get("device"),
+        "module": spectrum_rs.__file__,
+        **torch_in_process(),
+        "snrs": {lay.name: lay.snr for lay in r.layers},
+    }
 
 
 def child_baseline(model: Path) -> Dict[str, Any]:
@@ -411,10 +366,12 @@ def child_baseline(model: Path) -> Dict[str, Any]:
 
 def child_reference(model: Path) -> Dict[str, Any]:
     """float64 ``svdvals`` (torch, tall orientation) of every matrix of the model, cached
-    in the model folder; returns every layer's SPEC §2 SNR computed from them."""
+    in the model folder; returns every layer's docs/method.md §2 SNR computed from them."""
     import numpy as np
     import torch
     from safetensors import safe_open
+
+    from oracle import layer_name
 
     tensors = model_tensors(model)
     done: Dict[str, Any] = {}
@@ -441,7 +398,8 @@ def _instrument(worker: Any, routes: Dict[str, int]) -> None:
     """Counts which route of ``dtype="auto"`` each matrix took (float32 Gram, float64
     Gram, float64 SVD) by wrapping the worker's Gram step; negligible cost."""
     import numpy as np
-    from spectrum_rs import numpy_worker
+
+    from spectrum_rs.compute import numpy_worker
 
     inner = worker.gram_eigenvalues
     lock = threading.Lock()
@@ -473,8 +431,8 @@ def child_floor(model: Path, modes: List[str]) -> Dict[str, Any]:
     import numpy as np
 
     import spectrum_rs
-    from spectrum_rs import lapack
-    from spectrum_rs.singular_values import limit_blas_threads, make_workers, plan_workers
+    from spectrum_rs.compute import lapack
+    from spectrum_rs.compute.devices import limit_blas_threads, make_workers, plan_workers
 
     defaults = scan_defaults()
     mats = decoded(model)
@@ -485,10 +443,17 @@ def child_floor(model: Path, modes: List[str]) -> Dict[str, Any]:
         _instrument(w, routes)
     warm = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
     workers[0].singular_values(warm)
-    out: Dict[str, Any] = {"matrices": len(mats), "workers": len(workers), "blas_threads_per_worker": threads,
-                           "eigensolver_from_2048": lapack.backend(), "two_stage_from": lapack.TWO_STAGE_FROM,
-                           "dtype": defaults["dtype"], "method": defaults["method"], "module": spectrum_rs.__file__,
-                           **torch_in_process()}
+    out: Dict[str, Any] = {
+        "matrices": len(mats),
+        "workers": len(workers),
+        "blas_threads_per_worker": threads,
+        "eigensolver_from_2048": lapack.backend(),
+        "two_stage_from": lapack.TWO_STAGE_FROM,
+        "dtype": defaults["dtype"],
+        "method": defaults["method"],
+        "module": spectrum_rs.__file__,
+        **torch_in_process(),
+    }
 
     def parallel(order: List[Tuple[str, Any]], busy: Dict[str, Any]) -> None:
         it = iter(order)
@@ -530,16 +495,18 @@ def child_floor(model: Path, modes: List[str]) -> Dict[str, Any]:
             out["routes"] = dict(routes)
     if "A" in modes:
         with limit_blas_threads(NTHREADS):
+
             def one_by_one() -> None:
                 for _, a in mats:
                     workers[0].singular_values(a)
+
             out["A_s"], _ = timed(one_by_one, budget_s=0.0, extra=1)
     return out
 
 
 def _two_stage_f32() -> Tuple[Optional[Callable], str]:
     """LAPACKE ``ssyevd_2stage`` (eigenvalues only, float32) from the OpenBLAS numpy
-    ships; the product only binds the float64 ``dsyevd_2stage`` (spectrum_rs.lapack)."""
+    ships; the product only binds the float64 ``dsyevd_2stage`` (spectrum_rs.compute.lapack)."""
     import numpy as np
     from threadpoolctl import threadpool_info
 
@@ -555,8 +522,15 @@ def _two_stage_f32() -> Tuple[Optional[Callable], str]:
             if fn is None:
                 continue
             fn.restype = ctypes.c_int
-            fn.argtypes = [ctypes.c_int, ctypes.c_char, ctypes.c_char, ctypes.c_int64, ctypes.c_void_p,
-                           ctypes.c_int64, ctypes.c_void_p]
+            fn.argtypes = [
+                ctypes.c_int,
+                ctypes.c_char,
+                ctypes.c_char,
+                ctypes.c_int64,
+                ctypes.c_void_p,
+                ctypes.c_int64,
+                ctypes.c_void_p,
+            ]
 
             def call(g: Any, fn: Any = fn) -> Any:
                 a = np.array(g, dtype=np.float32, order="C", copy=True)
@@ -582,8 +556,9 @@ def child_kernels(model: Path) -> Dict[str, Any]:
     from threadpoolctl import threadpool_limits
 
     import spectrum_rs
-    from spectrum_rs import lapack
-    from spectrum_rs.numpy_worker import NumpyWorker, gram
+    from oracle import rel_err, snr_from_eigenvalues, snr_from_singular_values
+    from spectrum_rs.compute import lapack
+    from spectrum_rs.compute.numpy_worker import NumpyWorker, gram
 
     try:
         import torch
@@ -621,9 +596,12 @@ def child_kernels(model: Path) -> Dict[str, Any]:
         routes.clear()
         t_sv, s = timed(lambda: worker.singular_values(w))
         snr = snr_from_singular_values(s, rows, cols)
-        rec["product"] = {"sv_s": t_sv, "snr": snr, "rel_err": rel_err(snr, ref),
-                          "route": "f64_svd" if routes.get("f64_svd") else (
-                              "f64_gram" if routes.get("f64_gram") else "f32_gram")}
+        rec["product"] = {
+            "sv_s": t_sv,
+            "snr": snr,
+            "rel_err": rel_err(snr, ref),
+            "route": "f64_svd" if routes.get("f64_svd") else ("f64_gram" if routes.get("f64_gram") else "f32_gram"),
+        }
         rec["gram_f32_s"], g32 = timed(lambda: gram(a, np.dtype(np.float32)))
         rec["gram_f64_s"], g64 = timed(lambda: gram(a, np.dtype(np.float64)))
         rec["cast_s"], g32_64 = timed(lambda: g32.astype(np.float64))
@@ -655,21 +633,32 @@ def child_kernels(model: Path) -> Dict[str, Any]:
             put("f32g_e32_mkl", t, lam)
         out.append(rec)
         w = a = g32 = g64 = g32_64 = tg = tg32 = None  # free them now
-    return {"numpy": np.__version__, "torch": torch.__version__ if torch is not None else None,
-            "two_stage64": two_stage64_name, "two_stage32": where32, "module": spectrum_rs.__file__,
-            "dtype": defaults["dtype"], "shapes": out}
+    return {
+        "numpy": np.__version__,
+        "torch": torch.__version__ if torch is not None else None,
+        "two_stage64": two_stage64_name,
+        "two_stage32": where32,
+        "module": spectrum_rs.__file__,
+        "dtype": defaults["dtype"],
+        "shapes": out,
+    }
 
 
 def run_faer(model: Path) -> Dict[str, Any]:
     """The faer probe (Rust) on each distinct shape's representative, f64 and f32."""
     import numpy as np
 
+    from oracle import rel_err, snr_from_eigenvalues
+
     if not FAER_BIN.exists():
         if shutil.which("cargo") is None:
             return {"skipped": "benches/faer_eig is not built and there is no cargo"}
         log("building benches/faer_eig (release) ...")
-        p = subprocess.run(["cargo", "build", "--release", "-q", "--manifest-path", str(FAER_DIR / "Cargo.toml")],
-                           capture_output=True, text=True)
+        p = subprocess.run(
+            ["cargo", "build", "--release", "-q", "--manifest-path", str(FAER_DIR / "Cargo.toml")],
+            capture_output=True,
+            text=True,
+        )
         if p.returncode != 0:
             return {"skipped": f"cargo build failed: {p.stderr[-500:]}"}
     out = []
@@ -690,8 +679,12 @@ def run_faer(model: Path) -> Dict[str, Any]:
                 tries = []
                 for _ in range(3):  # again while disturbed by other processes
                     with Probe(children=True) as pr:
-                        p = subprocess.run([str(FAER_BIN), str(raw), str(g["shape"][0]), str(g["shape"][1]), dt,
-                                            "1", str(evf)], capture_output=True, text=True, env=child_env())
+                        p = subprocess.run(
+                            [str(FAER_BIN), str(raw), str(g["shape"][0]), str(g["shape"][1]), dt, "1", str(evf)],
+                            capture_output=True,
+                            text=True,
+                            env=child_env(),
+                        )
                     if p.returncode != 0:
                         break
                     tries.append((pr.ratio, json.loads(p.stdout.strip().splitlines()[-1])))
@@ -704,8 +697,13 @@ def run_faer(model: Path) -> Dict[str, Any]:
                 ratio, r = min(clean or tries, key=lambda t: t[1]["gram_s"] + t[1]["eig_s"])
                 ev = np.fromfile(evf, dtype="<f8")
                 snr = snr_from_eigenvalues(ev, *g["shape"])
-                rec["kinds"][dt] = {"gram_s": r["gram_s"], "eig_s": r["eig_s"], "snr": snr,
-                                    "rel_err": rel_err(snr, ref), "foreign_ratio": ratio}
+                rec["kinds"][dt] = {
+                    "gram_s": r["gram_s"],
+                    "eig_s": r["eig_s"],
+                    "snr": snr,
+                    "rel_err": rel_err(snr, ref),
+                    "foreign_ratio": ratio,
+                }
                 MEASURES.append(ratio)
             out.append(rec)
     return {"threads": 1, "shapes": out}
@@ -734,8 +732,15 @@ def machine_info() -> Dict[str, Any]:
     try:
         from threadpoolctl import threadpool_info
 
-        info["numpy_blas"] = ", ".join(sorted({f"{l.get('internal_api')} {l.get('version')}"
-                                               for l in threadpool_info() if l.get("user_api") == "blas"}))
+        info["numpy_blas"] = ", ".join(
+            sorted(
+                {
+                    f"{lay.get('internal_api')} {lay.get('version')}"
+                    for lay in threadpool_info()
+                    if lay.get("user_api") == "blas"
+                }
+            )
+        )
     except ImportError:
         info["numpy_blas"] = "?"
     for mod in ("torch", "transformers", "accelerate", "safetensors"):
@@ -752,16 +757,21 @@ def machine_info() -> Dict[str, Any]:
     info["threads"] = NTHREADS
     if PRODUCT is not None:
         rev_file = PRODUCT / "PRODUCT_REV"
-        info["git"] = (f"{rev_file.read_text().strip()} (frozen copy {PRODUCT}, benches/snapshot.sh)"
-                       if rev_file.is_file() else f"{PRODUCT} (no PRODUCT_REV)")
+        info["git"] = (
+            f"{rev_file.read_text().strip()} (frozen copy {PRODUCT}, benches/snapshot.sh)"
+            if rev_file.is_file()
+            else f"{PRODUCT} (no PRODUCT_REV)"
+        )
         info["commit"] = rev_file.read_text().split()[0][:7] if rev_file.is_file() else "unknown"
     else:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "python", "rust"], capture_output=True,
-                               text=True, cwd=REPO)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "python", "rust"], capture_output=True, text=True, cwd=REPO
+        )
         info["commit"] = rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-        info["git"] = rev.stdout.strip() + (" + uncommitted changes in python/ or rust/ (the working tree "
-                                            "was measured)" if dirty.stdout.strip() else "")
+        info["git"] = rev.stdout.strip() + (
+            " + uncommitted changes in python/ or rust/ (the working tree was measured)" if dirty.stdout.strip() else ""
+        )
     import spectrum_rs
 
     info["spectrum_rs_path"] = str(Path(spectrum_rs.__file__).parent)
@@ -783,17 +793,24 @@ def wait_for_quiet(limit: float, max_wait_s: float) -> Tuple[str, float]:
 
 
 def parity(ours: Dict[str, float], ref: Dict[str, float]) -> Dict[str, Any]:
+    from oracle import rel_err, selection
+
     common = [n for n in ours if n in ref]
     errs = {n: rel_err(ours[n], ref[n]) for n in common}
     errs = {n: e for n, e in errs.items() if e is not None}
     worst = max(errs, key=lambda n: errs[n]) if errs else None
-    return {"layers": len(common), "missing": sorted(set(ours) ^ set(ref)),
-            "max_rel_diff": errs[worst] if worst else None, "worst_layer": worst,
-            "same_selection_25pct": selection({n: ours[n] for n in common}) == selection({n: ref[n] for n in common})}
+    return {
+        "layers": len(common),
+        "missing": sorted(set(ours) ^ set(ref)),
+        "max_rel_diff": errs[worst] if worst else None,
+        "worst_layer": worst,
+        "same_selection_25pct": selection({n: ours[n] for n in common}) == selection({n: ref[n] for n in common}),
+    }
 
 
-def e2e(model: Path, repeats: int, base_repeats: int, ref: Dict[str, float], extra_ours: int = 2,
-        extra_base: int = 1) -> Dict[str, Any]:
+def e2e(
+    model: Path, repeats: int, base_repeats: int, ref: Dict[str, float], extra_ours: int = 2, extra_base: int = 1
+) -> Dict[str, Any]:
     """Ours and the baseline, alternated, in fresh processes; a pipeline whose runs were
     all disturbed by other processes gets up to ``extra_*`` more runs."""
     ours: List[Dict[str, Any]] = []
@@ -807,12 +824,16 @@ def e2e(model: Path, repeats: int, base_repeats: int, ref: Dict[str, float], ext
         r["process_s"] = wall
         if kind == "ours":
             ours.append(r)
-            log(f"  ours     {model.name}: process {wall:.1f} s, scan {r['scan_s']:.1f} s, "
-                f"others' CPU {r['foreign_ratio']:.2f} cores")
+            log(
+                f"  ours     {model.name}: process {wall:.1f} s, scan {r['scan_s']:.1f} s, "
+                f"others' CPU {r['foreign_ratio']:.2f} cores"
+            )
         else:
             base.append(r)
-            log(f"  baseline {model.name}: process {wall:.1f} s, load {r['load_s']:.1f} s, "
-                f"svdvals {r['svdvals_s']:.1f} s, others' CPU {r['foreign_ratio']:.2f} cores")
+            log(
+                f"  baseline {model.name}: process {wall:.1f} s, load {r['load_s']:.1f} s, "
+                f"svdvals {r['svdvals_s']:.1f} s, others' CPU {r['foreign_ratio']:.2f} cores"
+            )
 
     for i in range(max(repeats, base_repeats)):
         if i < repeats:
@@ -831,13 +852,16 @@ def e2e(model: Path, repeats: int, base_repeats: int, ref: Dict[str, float], ext
         "ours": [{k: v for k, v in r.items() if k != "snrs"} for r in ours],
         "baseline": [{k: v for k, v in r.items() if k not in ("snrs", "layers")} for r in base],
         "baseline_layers": best_b["layers"],
-        "best_ours_process_s": best_o["process_s"], "best_ours_scan_s": best_o["scan_s"],
+        "best_ours_process_s": best_o["process_s"],
+        "best_ours_scan_s": best_o["scan_s"],
         "best_ours_foreign": best_o["foreign_ratio"],
-        "best_baseline_process_s": best_b["process_s"], "best_baseline_inprocess_s": best_b["total_s"],
+        "best_baseline_process_s": best_b["process_s"],
+        "best_baseline_inprocess_s": best_b["total_s"],
         "best_baseline_foreign": best_b["foreign_ratio"],
         "speedup_process": best_b["process_s"] / best_o["process_s"],
         "speedup_inprocess": best_b["total_s"] / best_o["scan_s"],
-        "ours_vmhwm_kb": max(r["vmhwm_kb"] for r in ours), "ours_vmhwm_import_kb": ours[0]["vmhwm_import_kb"],
+        "ours_vmhwm_kb": max(r["vmhwm_kb"] for r in ours),
+        "ours_vmhwm_import_kb": ours[0]["vmhwm_import_kb"],
         "baseline_vmhwm_kb": max(r["vmhwm_kb"] for r in base),
         "torch_imported": any(r["torch_imported"] or r["torch_libs_mapped"] for r in ours),
         "workers": best_o["workers"],
@@ -856,25 +880,35 @@ def main_run(args: argparse.Namespace) -> int:
         load_start, waited = wait_for_quiet(args.wait_load, args.wait_max)
     else:
         load_start = loadavg()
-    res: Dict[str, Any] = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "smoke": smoke,
-                           "load_start": load_start, "waited_for_quiet_s": waited, "machine": machine_info(),
-                           "product_defaults": scan_defaults()}
+    res: Dict[str, Any] = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "smoke": smoke,
+        "load_start": load_start,
+        "waited_for_quiet_s": waited,
+        "machine": machine_info(),
+        "product_defaults": scan_defaults(),
+    }
     root = args.dir
     paths = {}
     for role, name in roles.items():
         t0 = time.perf_counter()
         paths[role] = bench_models().ensure(name, root, quiet=False)
         res.setdefault("models", {})[name] = {
-            "path": str(paths[role]), "bytes": bench_models().MODELS[name].nbytes(),
-            "params": bench_models().MODELS[name].nbytes() // 2, "ensure_s": round(time.perf_counter() - t0, 1)}
+            "path": str(paths[role]),
+            "bytes": bench_models().MODELS[name].nbytes(),
+            "params": bench_models().MODELS[name].nbytes() // 2,
+            "ensure_s": round(time.perf_counter() - t0, 1),
+        }
     log(f"models ready: {', '.join(str(p) for p in paths.values())}")
     small, big, x8 = paths["small"], paths["8b"], paths["x8"]
 
     log("float64 reference singular values of every matrix (cached in the model folder) ...")
     ref_small, _ = run_child("reference", small)
     ref_big, _ = run_child("reference", big)
-    res["reference"] = {"small": {k: v for k, v in ref_small.items() if k != "snrs"},
-                        "8b": {k: v for k, v in ref_big.items() if k != "snrs"}}
+    res["reference"] = {
+        "small": {k: v for k, v in ref_small.items() if k != "snrs"},
+        "8b": {k: v for k, v in ref_big.items() if k != "snrs"},
+    }
 
     log("end to end: small")
     res["e2e_small"] = e2e(small, args.repeats, args.repeats, ref_small["snrs"])
@@ -894,8 +928,15 @@ def main_run(args: argparse.Namespace) -> int:
     else:
         res["faer_8b"] = {"skipped": "not run (--faer to include it)"}
 
-    keep = ("vmhwm_kb", "vmhwm_import_kb", "scan_s", "window_bytes", "foreign_ratio", "torch_imported",
-            "torch_libs_mapped")
+    keep = (
+        "vmhwm_kb",
+        "vmhwm_import_kb",
+        "scan_s",
+        "window_bytes",
+        "foreign_ratio",
+        "torch_imported",
+        "torch_libs_mapped",
+    )
     log("memory: small-x8")
     r, wall = run_child("ours", x8)
     res["memory"] = {"ours_x8": {**{k: r[k] for k in keep}, "process_s": wall}}
@@ -904,13 +945,18 @@ def main_run(args: argparse.Namespace) -> int:
     var: Dict[str, Any] = {}
     for label, model, ref in (("small", small, ref_small), ("8b", big, ref_big)):
         r, wall = run_child("ours", model, "--dtype", "float64")
-        var[f"f64_{label}"] = {**{k: r[k] for k in keep}, "process_s": wall,
-                               "parity_vs_f64": parity(r["snrs"], ref["snrs"])}
+        var[f"f64_{label}"] = {
+            **{k: r[k] for k in keep},
+            "process_s": wall,
+            "parity_vs_f64": parity(r["snrs"], ref["snrs"]),
+        }
     res["variants"] = var
 
     res["load_end"] = loadavg()
     res["total_run_s"] = time.perf_counter() - t_start
-    md = report(res)
+    from report import cpu_report
+
+    md = cpu_report(res, CLEAN_FOREIGN)
     out = args.out or (Path(tempfile.gettempdir()) / "spectrum-bench-smoke" if smoke else HERE / "results")
     out.mkdir(parents=True, exist_ok=True)
     stem = "cpu-smoke" if smoke else f"cpu-{datetime.date.today().isoformat()}-{res['machine']['commit']}"
@@ -920,340 +966,6 @@ def main_run(args: argparse.Namespace) -> int:
     log(f"wrote {out / (stem + '.md')} and .json in {res['total_run_s'] / 60:.1f} min")
     return 0
 
-
-# =========================================================================== report
-
-
-def fmt_s(x: Optional[float]) -> str:
-    if x is None:
-        return "-"
-    return f"{x:.3f}" if x < 1 else (f"{x:.2f}" if x < 10 else f"{x:.1f}")
-
-
-def fmt_e(x: Optional[float]) -> str:
-    return "-" if x is None else ("0" if x == 0 else f"{x:.1e}")
-
-
-def mib(kb: int) -> str:
-    return f"{kb / 1024:.0f} MiB"
-
-
-def verdict(ok: bool) -> str:
-    return "**met**" if ok else "**not met**"
-
-
-def report(res: Dict[str, Any]) -> str:
-    m = res["machine"]
-    L: List[str] = []
-    add = L.append
-    d = res["product_defaults"]
-    title = "CPU benchmark (SMOKE: tiny models, figures meaningless)" if res["smoke"] else "CPU benchmark"
-    add(f"# {title}, {res['date']}\n")
-    add("Written by `python benches/bench_cpu.py` (every figure below comes from that one run).\n")
-    add("## Machine, versions, settings\n")
-    add(f"- CPU: {m.get('Model name', '?')}, {m.get('CPU(s)', '?')} CPUs "
-        f"({m.get('Core(s) per socket', '?')} cores/socket, {m.get('Thread(s) per core', '?')} thread/core), "
-        f"RAM {m.get('RAM_GiB', '?')} GiB")
-    add(f"- Python {m['python']}, numpy {m['numpy']} ({m.get('numpy_blas')}), torch {m['torch']} (BLAS/LAPACK: "
-        f"{m['torch_blas']}; the baseline's and the worker table's MKL rows only), transformers {m['transformers']}, "
-        f"accelerate {m['accelerate']}, safetensors {m.get('safetensors', '?')}; spectrum-rs at {m['git']}, "
-        f"imported from `{m.get('spectrum_rs_path')}`")
-    fl_s = res["floor_small"]
-    add(f"- Ours = `spectrum_rs.scan(path, device=\"cpu\")` with the product's defaults: method "
-        f"`{d.get('method')}`, dtype `{d.get('dtype')}`, window {int(d.get('window_bytes', 0)) >> 20} MiB; its "
-        f"plan here: {fl_s['workers']} workers (`{res['e2e_small']['workers']}`), "
-        f"{fl_s['blas_threads_per_worker']} BLAS thread each; eigenvalues from {fl_s['two_stage_from']} rows by "
-        f"{fl_s['eigensolver_from_2048']}, below by numpy `eigvalsh`.")
-    add(f"- Threads: {m['threads']} (OMP/MKL/OpenBLAS/RAYON_NUM_THREADS set to this in every subprocess, except "
-        f"the worker table: 1)")
-    add(f"- Load average (1/5/15 min) at start: {res['load_start']}"
-        + (f" (after waiting {res['waited_for_quiet_s'] / 60:.0f} min for a quiet machine)"
-           if res["waited_for_quiet_s"] else "")
-        + f"; at end: {res['load_end']}. The machine is shared: other people's processes may have run meanwhile.")
-    add(f"- Run time: {res['total_run_s'] / 60:.1f} min. Model files are in the page cache (warm reads) "
-        f"for both pipelines.")
-    models = ", ".join(f"`{k}` {v['params'] / 1e6:.0f}M params / {v['bytes'] / 1e9:.2f} GB bf16"
-                       for k, v in res["models"].items())
-    add(f"- Models (benches/models.py, synthetic, deterministic): {models}\n")
-
-    s8, ss = res["e2e_8b"], res["e2e_small"]
-    f8, fs = res["floor_8b"], res["floor_small"]
-    mem = res["memory"]
-    rss_ratio = ss["ours_vmhwm_kb"] / ss["baseline_vmhwm_kb"]
-    x8_raise = mem["ours_x8"]["vmhwm_kb"] / ss["ours_vmhwm_kb"] - 1
-    floor8 = s8["best_ours_scan_s"] / f8["P_s"]
-    floors = ss["best_ours_scan_s"] / fs["P_s"]
-    p8, ps = s8["parity_ours_vs_f64"], ss["parity_ours_vs_f64"]
-
-    add("## Targets (issue 4)\n")
-    add("| target | measured | measured / target | verdict |")
-    add("|---|---|---|---|")
-    add(f"| end-to-end `llama8b-layer` >= {TARGETS['speedup_8b']:.0f}x faster than baseline | "
-        f"{s8['speedup_process']:.2f}x (process wall: baseline {fmt_s(s8['best_baseline_process_s'])} s, ours "
-        f"{fmt_s(s8['best_ours_process_s'])} s); in-process {s8['speedup_inprocess']:.2f}x | "
-        f"{s8['speedup_process'] / TARGETS['speedup_8b']:.2f} | "
-        f"{verdict(s8['speedup_process'] >= TARGETS['speedup_8b'])} |")
-    add(f"| end-to-end `small` >= {TARGETS['speedup_small']:.0f}x faster | {ss['speedup_process']:.2f}x "
-        f"(baseline {fmt_s(ss['best_baseline_process_s'])} s, ours {fmt_s(ss['best_ours_process_s'])} s); "
-        f"in-process {ss['speedup_inprocess']:.2f}x | {ss['speedup_process'] / TARGETS['speedup_small']:.2f} | "
-        f"{verdict(ss['speedup_process'] >= TARGETS['speedup_small'])} |")
-    add(f"| scan wall <= {TARGETS['floor']}x compute floor, `llama8b-layer` | {floor8:.2f}x "
-        f"(scan {fmt_s(s8['best_ours_scan_s'])} s, floor {fmt_s(f8['P_s'])} s) | "
-        f"{floor8 / TARGETS['floor']:.2f} | {verdict(floor8 <= TARGETS['floor'])} |")
-    add(f"| same, `small` | {floors:.2f}x (scan {fmt_s(ss['best_ours_scan_s'])} s, floor "
-        f"{fmt_s(fs['P_s'])} s) | {floors / TARGETS['floor']:.2f} | {verdict(floors <= TARGETS['floor'])} |")
-    add(f"| peak RSS <= 1/4 of baseline's on `small` | {rss_ratio:.3f} "
-        f"({mib(ss['ours_vmhwm_kb'])} vs {mib(ss['baseline_vmhwm_kb'])}) | "
-        f"{rss_ratio / TARGETS['rss_vs_baseline']:.2f} | {verdict(rss_ratio <= TARGETS['rss_vs_baseline'])} |")
-    add(f"| `small-x8` raises peak RSS by < 10% | {x8_raise * 100:+.1f}% "
-        f"({mib(ss['ours_vmhwm_kb'])} -> {mib(mem['ours_x8']['vmhwm_kb'])}) | "
-        f"{x8_raise / TARGETS['x8_raise']:.2f} | {verdict(x8_raise < TARGETS['x8_raise'])} |")
-    for label, p in (("small", ps), ("llama8b-layer", p8)):
-        ok = p["max_rel_diff"] is not None and p["max_rel_diff"] < SPEC_BOUND and p["same_selection_25pct"]
-        add(f"| SPEC §2: SNR within {SPEC_BOUND:g} of float64 `svdvals`, same 25 % selection, `{label}` | "
-            f"max rel. diff {fmt_e(p['max_rel_diff'])} over {p['layers']} layers; selection identical: "
-            f"{p['same_selection_25pct']} | {(p['max_rel_diff'] or 0) / SPEC_BOUND:.3f} | {verdict(ok)} |")
-    add("")
-    add("Speed-ups compare whole processes (interpreter start, imports, load, compute, statistics), best of the "
-        "runs; \"in-process\" compares the baseline's load + compute with our `scan()` call alone. The compute "
-        "floor is the wall time of the product's own kernel (`NumpyWorker.singular_values`, its default method and "
-        "dtype) on every matrix of the model, decoded to float32 in memory beforehand, run by the scan's own "
-        "worker plan (one single-threaded worker per core, each taking the next matrix in the scan's stream "
-        "order), best of 2 runs.\n")
-
-    add("## End to end\n")
-    add("| model | pipeline | runs: process wall s | best in-process s | load s | compute s | peak RSS |")
-    add("|---|---|---|---|---|---|---|")
-
-    def runs(rs: List[Dict[str, Any]]) -> str:
-        return ", ".join(fmt_s(r["process_s"]) + ("*" if r["foreign_ratio"] > CLEAN_FOREIGN else "") for r in rs)
-
-    for label, e in (("small", ss), ("llama8b-layer", s8)):
-        add(f"| {label} | ours | {runs(e['ours'])} | "
-            f"{fmt_s(e['best_ours_scan_s'])} | (streamed) | {fmt_s(e['best_ours_scan_s'])} | {mib(e['ours_vmhwm_kb'])} |")
-        add(f"| {label} | baseline | {runs(e['baseline'])} | "
-            f"{fmt_s(e['best_baseline_inprocess_s'])} | {fmt_s(min(r['load_s'] for r in e['baseline']))} | "
-            f"{fmt_s(min(r['svdvals_s'] for r in e['baseline']))} (svdvals) | {mib(e['baseline_vmhwm_kb'])} |")
-    add("")
-    add(f"`*` = disturbed run: other processes used more than {CLEAN_FOREIGN} of a core on average meanwhile "
-        "(from /proc/stat); the best undisturbed run is the one compared.\n")
-    add("SNR of every layer against float64 `svdvals` of the same matrix (SPEC §2 statistics in float64):\n")
-    add("| model | layers | ours: max rel. diff (layer) | ours: same 25 % selection | baseline (float32 svdvals): "
-        "max rel. diff | baseline: same selection | ours vs baseline: max rel. diff, same selection |")
-    add("|---|---|---|---|---|---|---|")
-    for label, e in (("small", ss), ("llama8b-layer", s8)):
-        po, pb, pob = e["parity_ours_vs_f64"], e["parity_baseline_vs_f64"], e["parity_ours_vs_baseline"]
-        add(f"| {label} | {po['layers']} | {fmt_e(po['max_rel_diff'])} (`{po['worst_layer']}`) | "
-            f"{po['same_selection_25pct']} | {fmt_e(pb['max_rel_diff'])} | {pb['same_selection_25pct']} | "
-            f"{fmt_e(pob['max_rel_diff'])}, {pob['same_selection_25pct']} |")
-        if po["missing"] or pb["missing"]:
-            add(f"| {label}: layers missing on one side | | {po['missing']} | | {pb['missing']} | | |")
-    add("")
-    add(f"- torch in our scan's process: {'**imported**' if (ss['torch_imported'] or s8['torch_imported']) else 'never imported'} "
-        f"(checked in every run of ours: `'torch' in sys.modules` and no `libtorch`/`libc10` in /proc/self/maps "
-        f"after the scan); RSS after `import spectrum_rs`: {mib(ss['ours_vmhwm_import_kb'])}.")
-    by_type: Dict[str, float] = {}
-    for name, v in s8["baseline_layers"].items():
-        t = spec_type(name)
-        by_type[t] = by_type.get(t, 0.0) + v["svdvals_s"]
-    add("- baseline svdvals seconds by type on llama8b-layer: "
-        + ", ".join(f"{t} {fmt_s(v)}" for t, v in sorted(by_type.items(), key=lambda kv: -kv[1])))
-    add("")
-
-    add("## Compute floor\n")
-    add("| model | matrices | scan wall s | floor s | scan / floor | kernel busy s per worker | floor, largest "
-        "first s | one at a time, all threads in it s | auto routes (f32 Gram / f64 Gram / f64 SVD) |")
-    add("|---|---|---|---|---|---|---|---|---|")
-    for label, e, fl in (("small", ss, fs), ("llama8b-layer", s8, f8)):
-        busy = fl["P_busy"].get("per_worker_s", [])
-        r = fl.get("routes", {})
-        f64g = r.get("f64_gram", 0)
-        add(f"| {label} | {fl['matrices']} | {fmt_s(e['best_ours_scan_s'])} | {fmt_s(fl['P_s'])} | "
-            f"{e['best_ours_scan_s'] / fl['P_s']:.2f} | {' / '.join(fmt_s(b) for b in busy)} | "
-            f"{fmt_s(fl.get('L_s'))} | {fmt_s(fl.get('A_s'))} | "
-            f"{r.get('f32_gram', 0)} / {f64g} / {r.get('f64_svd', 0)} |")
-    add("")
-    add("Kernel busy = the sum of `singular_values` times of the matrices each worker took in the floor run "
-        "(the difference to the floor's wall is the tail where one worker waits for the other). Auto routes: "
-        "matrices whose float32 Gram was computed, then those formed again in float64, then those computed by "
-        "a float64 SVD.\n")
-
-    add("## CPU worker comparison (`llama8b-layer` shapes, one thread per kernel)\n")
-    kt = {tuple(g["shape"]): g for g in res["kernels_8b"]["shapes"]}
-    fk = {tuple(g["shape"]): g for g in res["faer_8b"].get("shapes", [])}
-    shapes = [tuple(g["shape"]) for g in res["kernels_8b"]["shapes"]]
-    base_by_shape: Dict[Tuple[int, int], float] = {}
-    for name, v in s8["baseline_layers"].items():
-        base_by_shape.setdefault(tuple(v["shape"]), v["svdvals_s"])
-    head = " | ".join(f"{a}x{b} ({'/'.join(t.split('.')[-1] for t in kt[(a, b)]['types'])}, x{kt[(a, b)]['count']})"
-                      for a, b in shapes)
-    add("Seconds per matrix, one BLAS thread (as each of the product's workers runs), best of up to 5 runs (1 when "
-        "over 3 s), Gram of the smaller side of the decoded float32 matrix. The last column is the whole "
-        "`llama8b-layer` model (each shape times its count), one kernel after the other.\n")
-    add(f"| step | {head} | model total |")
-    add("|---|" + "---|" * (len(shapes) + 1))
-
-    def row(label: str, get: Callable[[Tuple[int, int]], Optional[float]]) -> Optional[float]:
-        vals = [get(s) for s in shapes]
-        total = None if any(v is None for v in vals) else sum(v * kt[s]["count"] for v, s in zip(vals, shapes))
-        add(f"| {label} | " + " | ".join(fmt_s(v) for v in vals) + f" | {fmt_s(total)} |")
-        return total
-
-    def k(s: Tuple[int, int], kind: str, key: str = "s") -> Optional[float]:
-        return kt[s]["kinds"].get(kind, {}).get(key)
-
-    def fa(s: Tuple[int, int], kind: str, key: str) -> Optional[float]:
-        g = fk.get(s)
-        return None if g is None else g["kinds"].get(kind, {}).get(key)
-
-    T: Dict[str, Optional[float]] = {}
-    T["prod"] = row(f"**product `singular_values` (dtype {res['kernels_8b'].get('dtype')})**",
-                    lambda s: kt[s]["product"]["sv_s"])
-    T["g32"] = row("Gram f32, numpy/OpenBLAS syrk (product `gram`)", lambda s: kt[s]["gram_f32_s"])
-    T["g64"] = row("Gram f64, numpy/OpenBLAS syrk (product `gram`, row blocks cast)", lambda s: kt[s]["gram_f64_s"])
-    T["cast"] = row("f32 Gram -> f64", lambda s: kt[s]["cast_s"])
-    T["e64_2s"] = row("eigenvalues f64, OpenBLAS `dsyevd_2stage` (product from 2048 rows)",
-                      lambda s: k(s, "f32g_e64_2stage"))
-    T["e64_sy"] = row("eigenvalues f64, numpy `eigvalsh` (OpenBLAS `dsyevd`; product below 2048)",
-                      lambda s: k(s, "f32g_e64_syevd"))
-    T["e64_mkl"] = row("eigenvalues f64, torch/MKL `syevd`", lambda s: k(s, "f32g_e64_mkl"))
-    T["e32_2s"] = row("eigenvalues f32, OpenBLAS `ssyevd_2stage`", lambda s: k(s, "f32g_e32_2stage"))
-    T["e32_sy"] = row("eigenvalues f32, numpy `eigvalsh` (OpenBLAS `ssyevd`)", lambda s: k(s, "f32g_e32_syevd"))
-    T["e32_mkl"] = row("eigenvalues f32, torch/MKL `syevd`", lambda s: k(s, "f32g_e32_mkl"))
-    if fk:
-        T["fa64"] = row("faer f64 (Gram + eigenvalues)",
-                        lambda s: None if fa(s, "f64", "gram_s") is None else fa(s, "f64", "gram_s") + fa(s, "f64", "eig_s"))
-        T["fa32"] = row("faer f32 (Gram + eigenvalues)",
-                        lambda s: None if fa(s, "f32", "gram_s") is None else fa(s, "f32", "gram_s") + fa(s, "f32", "eig_s"))
-    T["sv"] = row(f"svdvals f32 as stored (the baseline's call, {m['threads']} threads, from its run)",
-                  lambda s: base_by_shape.get(s))
-    add("")
-    add(f"- `dsyevd_2stage`: {res['kernels_8b'].get('two_stage64')} (the product's `spectrum_rs.lapack`); "
-        f"`ssyevd_2stage`: {res['kernels_8b'].get('two_stage32')} (bench only). "
-        + (f"faer: {res['faer_8b']['skipped']}." if "skipped" in res["faer_8b"] else
-           "faer 0.24 (`benches/faer_eig`, release build, 1 rayon thread): decodes bf16 itself, `a.T * a`, "
-           "`self_adjoint_eigenvalues`."))
-    add("- largest/median eigenvalue of each shape's float32 Gram: "
-        + ", ".join(f"{a}x{b} {kt[(a, b)]['spread']:.3g}" for a, b in shapes)
-        + "; the product's route per shape: " + ", ".join(f"{a}x{b} {kt[(a, b)]['product']['route']}"
-                                                            for a, b in shapes) + ".")
-    add("")
-
-    add(f"Accuracy: relative error of the SNR against float64 `svdvals` of the same matrix (SPEC §2 bound: "
-        f"{SPEC_BOUND:g}).\n")
-    add(f"| method | {' | '.join(f'{a}x{b}' for a, b in shapes)} |")
-    add("|---|" + "---|" * len(shapes))
-    acc_rows = [
-        ("product singular_values", lambda s: kt[s]["product"]["rel_err"]),
-        ("f32 Gram + f64 dsyevd_2stage", lambda s: k(s, "f32g_e64_2stage", "rel_err")),
-        ("f32 Gram + f64 numpy eigvalsh", lambda s: k(s, "f32g_e64_syevd", "rel_err")),
-        ("f32 Gram + f64 MKL syevd", lambda s: k(s, "f32g_e64_mkl", "rel_err")),
-        ("f64 Gram + f64 dsyevd_2stage", lambda s: k(s, "f64g_e64_2stage", "rel_err")),
-        ("f32 Gram + f32 ssyevd_2stage", lambda s: k(s, "f32g_e32_2stage", "rel_err")),
-        ("f32 Gram + f32 numpy eigvalsh", lambda s: k(s, "f32g_e32_syevd", "rel_err")),
-        ("f32 Gram + f32 MKL syevd", lambda s: k(s, "f32g_e32_mkl", "rel_err")),
-    ]
-    if fk:
-        acc_rows += [("faer f64", lambda s: fa(s, "f64", "rel_err")), ("faer f32", lambda s: fa(s, "f32", "rel_err"))]
-    worst: Dict[str, Optional[float]] = {}
-    for label, get in acc_rows:
-        vals = [get(s) for s in shapes]
-        worst[label] = None if any(v is None for v in vals) else max(vals)
-        add(f"| {label} | " + " | ".join(fmt_e(v) for v in vals) + " |")
-    add("")
-
-    def tot(*keys: str) -> Optional[float]:
-        vs = [T.get(x) for x in keys]
-        return None if any(v is None for v in vs) else sum(vs)
-
-    combos = [
-        ("product `singular_values` (f32 syrk, f64 eigenvalues, a-posteriori gate)", tot("prod"),
-         "product singular_values"),
-        ("f32 syrk + f64 `dsyevd_2stage`", tot("g32", "cast", "e64_2s"), "f32 Gram + f64 dsyevd_2stage"),
-        ("f32 syrk + f64 numpy `eigvalsh`", tot("g32", "cast", "e64_sy"), "f32 Gram + f64 numpy eigvalsh"),
-        ("f32 syrk + f64 torch/MKL `syevd`", tot("g32", "cast", "e64_mkl"), "f32 Gram + f64 MKL syevd"),
-        ("f64 syrk + f64 `dsyevd_2stage` (dtype=float64)", tot("g64", "e64_2s"), "f64 Gram + f64 dsyevd_2stage"),
-        ("f32 syrk + f32 `ssyevd_2stage`", tot("g32", "e32_2s"), "f32 Gram + f32 ssyevd_2stage"),
-        ("f32 syrk + f32 numpy `eigvalsh`", tot("g32", "e32_sy"), "f32 Gram + f32 numpy eigvalsh"),
-        ("f32 syrk + f32 torch/MKL `syevd`", tot("g32", "e32_mkl"), "f32 Gram + f32 MKL syevd"),
-    ]
-    if fk:
-        combos += [("faer f64", T.get("fa64"), "faer f64"), ("faer f32", T.get("fa32"), "faer f32")]
-    add(f"Whole `llama8b-layer` ({sum(g['count'] for g in kt.values())} matrices) per combination, one thread; accuracy = worst SNR error over its "
-        "shapes.\n")
-    add("| combination | model total s | vs product | worst SNR error | within SPEC |")
-    add("|---|---|---|---|---|")
-    prod_t = combos[0][1]
-    for label, t, acc in combos:
-        if t is None:
-            add(f"| {label} | - | - | - | - |")
-            continue
-        w = worst.get(acc)
-        ok = w is not None and w <= SPEC_BOUND
-        add(f"| {label} | {fmt_s(t)} | {(prod_t / t) if prod_t else float('nan'):.2f}x | {fmt_e(w)} | "
-            f"{'yes' if ok else ('no' if w is not None else '-')} |")
-    add(f"| svdvals f32 as stored (baseline, {m['threads']} threads) | {fmt_s(T['sv'])} | - | "
-        f"{fmt_e(s8['parity_baseline_vs_f64']['max_rel_diff'])} (all layers) | - |")
-    add("")
-    add("These synthetic spectra are benign (largest/median eigenvalue above); a float32 eigensolver is not safe "
-        "in general (commit 3443680: up to 2.6e-5 of the largest eigenvalue on a 4096^2 Gram matrix).\n")
-
-    add("### Threads inside one matrix vs several matrices at once\n")
-    add(f"Every matrix of the model through the product's `singular_values`. Plan: {fs['workers']} single-threaded "
-        f"workers, {fs['workers']} matrices at once (the scan's plan; = the floor). One at a time: "
-        f"{m['threads']} BLAS threads inside each matrix.\n")
-    add("| model | matrices | plan s | one at a time s | plan / one at a time |")
-    add("|---|---|---|---|---|")
-    for label, fl in (("small", fs), ("llama8b-layer", f8)):
-        a = fl.get("A_s")
-        add(f"| {label} | {fl['matrices']} | {fmt_s(fl['P_s'])} | {fmt_s(a)} | "
-            f"{(fl['P_s'] / a) if a else float('nan'):.2f} |")
-    add("")
-
-    add("## Peak resident memory (VmHWM of a fresh subprocess)\n")
-    add("| run | peak RSS | RSS after imports | scan s |")
-    add("|---|---|---|---|")
-    add(f"| baseline, small | {mib(ss['baseline_vmhwm_kb'])} | - | - |")
-    add(f"| ours, small | {mib(ss['ours_vmhwm_kb'])} | {mib(ss['ours_vmhwm_import_kb'])} | "
-        f"{fmt_s(ss['best_ours_scan_s'])} |")
-    r = mem["ours_x8"]
-    add(f"| ours, small-x8 | {mib(r['vmhwm_kb'])} | {mib(r['vmhwm_import_kb'])} | {fmt_s(r['scan_s'])} |")
-    add(f"| baseline, llama8b-layer | {mib(s8['baseline_vmhwm_kb'])} | - | - |")
-    add(f"| ours, llama8b-layer | {mib(s8['ours_vmhwm_kb'])} | {mib(s8['ours_vmhwm_import_kb'])} | "
-        f"{fmt_s(s8['best_ours_scan_s'])} |")
-    add("")
-    add(f"Ours with the default window ({int(d.get('window_bytes', 0)) >> 20} MiB). \"RSS after imports\" is the "
-        "process after `import spectrum_rs` (before the scan); the baseline's peak includes the float32 copy of the "
-        "whole model.\n")
-
-    v = res["variants"]
-    add("## Variant: dtype=\"float64\"\n")
-    add("| model | process wall s | scan s | vs default dtype (scan) | peak RSS | max SNR diff vs float64 svdvals | "
-        "same 25% selection |")
-    add("|---|---|---|---|---|---|---|")
-    for key, label, e in (("f64_small", "small", ss), ("f64_8b", "llama8b-layer", s8)):
-        r = v[key]
-        p = r["parity_vs_f64"]
-        dist = "*" if r.get("foreign_ratio", 0) > CLEAN_FOREIGN else ""
-        add(f"| {label} | {fmt_s(r['process_s'])}{dist} | {fmt_s(r['scan_s'])} | "
-            f"{r['scan_s'] / e['best_ours_scan_s']:.2f}x | {mib(r['vmhwm_kb'])} | {fmt_e(p['max_rel_diff'])} | "
-            f"{p['same_selection_25pct']} |")
-    add("")
-
-    add("## Interference\n")
-    add(f"Figures measured inside each subprocess, and how many of them were still disturbed (others' CPU > "
-        f"{CLEAN_FOREIGN} core) after the retries; max = the largest such share among the figures kept. "
-        f"End-to-end runs are marked `*` above.\n")
-    add("| part | figures | still disturbed | max others' CPU (cores) | whole subprocess: others' CPU (cores) |")
-    add("|---|---|---|---|---|")
-    for key in ("floor_small", "floor_8b", "kernels_8b", "faer_8b"):
-        part = res.get(key, {})
-        itf = part.get("interference") if isinstance(part, dict) else None
-        if itf:
-            add(f"| {key} | {itf['figures']} | {itf['disturbed']} | {itf['max_ratio']:.2f} | "
-                f"{part.get('foreign_ratio', 0):.2f} |")
-    add("")
-    return "\n".join(L) + "\n"
 
 # =========================================================================== entry
 
@@ -1265,14 +977,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="results folder (default benches/results)")
     ap.add_argument("--repeats", type=int, default=2, help="end-to-end runs of each pipeline on small")
     ap.add_argument("--repeats-8b", type=int, default=1, help="runs of ours on llama8b-layer (baseline: 1)")
-    ap.add_argument("--no-threads-a", action="store_true",
-                    help="skip the one-matrix-at-a-time pass on llama8b-layer")
+    ap.add_argument("--no-threads-a", action="store_true", help="skip the one-matrix-at-a-time pass on llama8b-layer")
     ap.add_argument("--faer", action="store_true", help="include the faer probe (built with cargo when missing)")
-    ap.add_argument("--product", type=Path, default=None,
-                    help="benchmark this frozen copy of the package (made by benches/snapshot.sh) instead of the "
-                         "installed one")
-    ap.add_argument("--wait-load", type=float, default=None,
-                    help="wait (up to --wait-max s) until the 1-minute load average is below this")
+    ap.add_argument(
+        "--product",
+        type=Path,
+        default=None,
+        help="benchmark this frozen copy of the package (made by benches/snapshot.sh) instead of the installed one",
+    )
+    ap.add_argument(
+        "--wait-load",
+        type=float,
+        default=None,
+        help="wait (up to --wait-max s) until the 1-minute load average is below this",
+    )
     ap.add_argument("--wait-max", type=float, default=1200)
     # internal: one measurement in a fresh process
     ap.add_argument("--child", help=argparse.SUPPRESS)

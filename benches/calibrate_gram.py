@@ -1,6 +1,6 @@
 """How far rounding the Gram matrix to float32 moves its eigenvalues, relative to the
 largest, on the layer shapes of real models and on spectra with outliers, heavy tails and
-low rank. This is the error the model in python/spectrum_rs/singular_values.py
+low rank. This is the error the model in python/spectrum_rs/compute/precision.py
 must cover: ``|dλ_i| <= FLOAT32_RELATIVE_ERROR * λ_i + max(FLOAT32_ABSOLUTE_ERROR * λmax,
 2 * |most negative computed λ|)``. Eigenvalues come from the product's own float64 eigensolver, of the Gram
 matrix formed the product's way (numpy ``syrk`` in blocks of rows) in float32 and float64.
@@ -17,13 +17,27 @@ import zlib
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from spectrum_rs import lapack
-from spectrum_rs.numpy_worker import gram
-from spectrum_rs.singular_values import (FLOAT32_ABSOLUTE_ERROR, FLOAT32_RELATIVE_ERROR, NEGATIVE_EVIDENCE,
-                                         gram_error_model)
+from spectrum_rs.compute import lapack
+from spectrum_rs.compute.numpy_worker import gram
+from spectrum_rs.compute.precision import (
+    FLOAT32_ABSOLUTE_ERROR,
+    FLOAT32_RELATIVE_ERROR,
+    NEGATIVE_EVIDENCE,
+    gram_error_model,
+)
 
-SHAPES = [(256, 1024), (1024, 1024), (2816, 1024), (1024, 2816), (32000, 1024), (2048, 2048), (4096, 4096),
-          (1024, 4096), (14336, 4096), (32000, 4096)]
+SHAPES = [
+    (256, 1024),
+    (1024, 1024),
+    (2816, 1024),
+    (1024, 2816),
+    (32000, 1024),
+    (2048, 2048),
+    (4096, 4096),
+    (1024, 4096),
+    (14336, 4096),
+    (32000, 4096),
+]
 QUICK = [(1024, 1024), (2816, 1024), (1024, 2816)]
 
 
@@ -35,7 +49,9 @@ def matrix(kind: str, rows: int, cols: int, rng: np.random.Generator) -> np.ndar
         w = (rng.standard_t(3, size=(rows, cols)) * 0.02).astype(np.float32)
     elif kind == "low-rank+noise":
         r = max(1, min(rows, cols) // 64)
-        w += (rng.standard_normal((rows, r), dtype=np.float32) @ rng.standard_normal((r, cols), dtype=np.float32)) * 0.02
+        w += (
+            rng.standard_normal((rows, r), dtype=np.float32) @ rng.standard_normal((r, cols), dtype=np.float32)
+        ) * 0.02
     elif kind == "half-rows-zero":
         w[: rows // 2] = 0
     elif kind == "8-rows-zero":
@@ -43,7 +59,12 @@ def matrix(kind: str, rows: int, cols: int, rng: np.random.Generator) -> np.ndar
     elif kind == "1-row-zero":
         w[:1] = 0
     elif kind == "rank-1 outlier":
-        w += 20 * 0.02 * np.outer(rng.standard_normal(rows), rng.standard_normal(cols)).astype(np.float32) / np.sqrt(cols)
+        w += (
+            20
+            * 0.02
+            * np.outer(rng.standard_normal(rows), rng.standard_normal(cols)).astype(np.float32)
+            / np.sqrt(cols)
+        )
     return w
 
 
@@ -52,13 +73,21 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small shapes only (a smoke test)")
     ap.add_argument("--out", default=None, help="write a markdown table here")
     args = ap.parse_args()
-    kinds = ["gaussian", "outlier-columns", "heavy-tailed", "low-rank+noise", "rank-1 outlier", "half-rows-zero",
-             "8-rows-zero", "1-row-zero"]
+    kinds = [
+        "gaussian",
+        "outlier-columns",
+        "heavy-tailed",
+        "low-rank+noise",
+        "rank-1 outlier",
+        "half-rows-zero",
+        "8-rows-zero",
+        "1-row-zero",
+    ]
     rows_out = []
     worst_floor = worst_rel = 0.0
     all_ok = True
     with threadpool_limits(1):
-        for rows, cols in (QUICK if args.quick else SHAPES):
+        for rows, cols in QUICK if args.quick else SHAPES:
             for kind in kinds:
                 rng = np.random.default_rng(zlib.crc32(f"{rows}x{cols} {kind}".encode()))
                 w = matrix(kind, rows, cols, rng)
@@ -78,27 +107,53 @@ def main() -> None:
                 worst_floor = max(worst_floor, floor_need)
                 worst_rel = max(worst_rel, rel_need)
                 all_ok &= ok
-                rows_out.append((rows, cols, kind, float(d.max() / top), float(d[bulk].max() / top) if bulk.any() else 0.0,
-                                 negative / NEGATIVE_EVIDENCE, floor_need, rel_need, ok))
-                print(f"{rows:>6}x{cols:<5} {kind:<16} max|dλ|/λmax {d.max() / top:.2e}  bulk floor needed "
-                      f"{floor_need:.2e}  relative needed {rel_need:.2e}  covered {ok}", flush=True)
-    print(f"worst: floor needed {worst_floor:.2e} (model {FLOAT32_ABSOLUTE_ERROR:.1e}), relative needed {worst_rel:.2e} "
-          f"(model {FLOAT32_RELATIVE_ERROR:.1e}); the model covers every eigenvalue: {all_ok}")
+                rows_out.append(
+                    (
+                        rows,
+                        cols,
+                        kind,
+                        float(d.max() / top),
+                        float(d[bulk].max() / top) if bulk.any() else 0.0,
+                        negative / NEGATIVE_EVIDENCE,
+                        floor_need,
+                        rel_need,
+                        ok,
+                    )
+                )
+                print(
+                    f"{rows:>6}x{cols:<5} {kind:<16} max|dλ|/λmax {d.max() / top:.2e}  bulk floor needed "
+                    f"{floor_need:.2e}  relative needed {rel_need:.2e}  covered {ok}",
+                    flush=True,
+                )
+    print(
+        f"worst: floor needed {worst_floor:.2e} (model {FLOAT32_ABSOLUTE_ERROR:.1e}), relative needed {worst_rel:.2e} "
+        f"(model {FLOAT32_RELATIVE_ERROR:.1e}); the model covers every eigenvalue: {all_ok}"
+    )
     if args.out:
         with open(args.out, "w") as f:
             f.write("# Float32 Gram rounding: eigenvalue error relative to the largest\n\n")
-            f.write(f"`python benches/calibrate_gram.py --out {args.out}` on {platform.processor() or platform.machine()}, "
-                    f"numpy {np.__version__}, eigensolver: {lapack.backend()}.\n\n")
-            f.write("Model: |dλ| <= relative λ + max(floor λmax, 2 × |most negative computed λ|), "
-                    f"relative = {FLOAT32_RELATIVE_ERROR:.1e}, floor = {FLOAT32_ABSOLUTE_ERROR:.1e}.\n\n")
-            f.write("| shape | spectrum | max abs(dλ) / λmax | bulk (λ < λmax/100) max abs(dλ) / λmax "
-                    "| most negative λ / λmax | floor needed | relative needed | covered |\n"
-                    "|---|---|---|---|---|---|---|---|\n")
+            f.write(
+                f"`python benches/calibrate_gram.py --out {args.out}` on {platform.processor() or platform.machine()}, "
+                f"numpy {np.__version__}, eigensolver: {lapack.backend()}.\n\n"
+            )
+            f.write(
+                "Model: |dλ| <= relative λ + max(floor λmax, 2 × |most negative computed λ|), "
+                f"relative = {FLOAT32_RELATIVE_ERROR:.1e}, floor = {FLOAT32_ABSOLUTE_ERROR:.1e}.\n\n"
+            )
+            f.write(
+                "| shape | spectrum | max abs(dλ) / λmax | bulk (λ < λmax/100) max abs(dλ) / λmax "
+                "| most negative λ / λmax | floor needed | relative needed | covered |\n"
+                "|---|---|---|---|---|---|---|---|\n"
+            )
             for rows, cols, kind, err, bulk_err, neg, floor_need, rel_need, ok in rows_out:
-                f.write(f"| {rows}x{cols} | {kind} | {err:.2e} | {bulk_err:.2e} | {neg:.1e} | {floor_need:.1e} "
-                        f"| {rel_need:.1e} | {ok} |\n")
-            f.write(f"\nWorst: floor needed {worst_floor:.2e}, relative needed {worst_rel:.2e}. "
-                    f"The model covers every eigenvalue measured: {all_ok}.\n")
+                f.write(
+                    f"| {rows}x{cols} | {kind} | {err:.2e} | {bulk_err:.2e} | {neg:.1e} | {floor_need:.1e} "
+                    f"| {rel_need:.1e} | {ok} |\n"
+                )
+            f.write(
+                f"\nWorst: floor needed {worst_floor:.2e}, relative needed {worst_rel:.2e}. "
+                f"The model covers every eigenvalue measured: {all_ok}.\n"
+            )
 
 
 if __name__ == "__main__":

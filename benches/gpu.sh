@@ -54,7 +54,7 @@ log "spectrum_rs: $PKG"
 
 # 2. CUDA tests, if any (bounded to 60 s)
 PYTEST_LINE=""
-if [[ -z "$SMOKE" && "$PKG" != "none" ]] && grep -rqs "cuda" "$REPO/tests"/test_*.py; then
+if [[ -z "$SMOKE" && "$PKG" != "none" ]] && grep -rqs --include="test_*.py" "cuda" "$REPO/tests"; then
   if "$PY" -m pytest --version >/dev/null 2>&1; then
     log "python -m pytest -q tests -k cuda"
     timeout 60 "$PY" -m pytest -q tests -k cuda -p no:cacheprovider > "$OUT/pytest-cuda.txt" 2>&1

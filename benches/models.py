@@ -15,6 +15,11 @@ strength drawn per tensor. Everything comes from ``torch.Generator`` seeded by t
 tensor name, so a model is byte-identical on every run of the same torch version.
 ``small-x8`` repeats the 16 decoder layers of ``small`` 8 times (same tensor shapes,
 128 layers, byte copies of ``small``'s tensors), which is quick to write.
+
+The file format itself (header, streamed data, index, ``config.json``) is written by
+``tests/helpers/safetensors_format.py``, the code the test models use for their hand-made
+files: one implementation of the format for tests and benchmarks. This module holds what
+only benchmarks need: the model specs, the synthetic weights, sharding and the cache.
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ import argparse
 import json
 import os
 import shutil
-import struct
 import sys
 import zlib
 from dataclasses import asdict, dataclass
@@ -32,6 +36,12 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+
+_TESTS = str(Path(__file__).resolve().parent.parent / "tests")
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
+
+from helpers.safetensors_format import read_header, write_config, write_index, write_streamed  # noqa: E402
 
 FORMAT_VERSION = 1
 # Subfolder where bench_cpu.py caches float64 reference singular values of a model.
@@ -110,20 +120,28 @@ MODELS: Dict[str, ModelSpec] = {
     # ~244M parameters, 0.49 GB.
     "small": ModelSpec("small", hidden=1024, layers=16, mlp=2816, heads=16, kv_heads=4, vocab=32000),
     # One decoder layer at Llama-3-8B sizes plus embedding and head: ~480M parameters, 0.96 GB.
-    "llama8b-layer": ModelSpec("llama8b-layer", hidden=4096, layers=1, mlp=14336, heads=32, kv_heads=8,
-                               vocab=32000),
+    "llama8b-layer": ModelSpec("llama8b-layer", hidden=4096, layers=1, mlp=14336, heads=32, kv_heads=8, vocab=32000),
     # small's shapes, 8x the decoder layers (128): ~1.5G parameters, 2.9 GB in 3 shards.
-    "small-x8": ModelSpec("small-x8", hidden=1024, layers=128, mlp=2816, heads=16, kv_heads=4, vocab=32000,
-                          repeat_of="small", shard_bytes=1 << 30),
+    "small-x8": ModelSpec(
+        "small-x8",
+        hidden=1024,
+        layers=128,
+        mlp=2816,
+        heads=16,
+        kv_heads=4,
+        vocab=32000,
+        repeat_of="small",
+        shard_bytes=1 << 30,
+    ),
     # One decoder layer at Qwen1.5-110B sizes with a 32000-token vocabulary (the real one,
     # 152064, would triple the file for no new shape): ~1.9G parameters, 3.8 GB. Written on
     # the GPU machine by benches/bench_gpu.py for its end-to-end run.
-    "qwen110b-layer": ModelSpec("qwen110b-layer", hidden=8192, layers=1, mlp=49152, heads=64, kv_heads=8,
-                                vocab=32000),
+    "qwen110b-layer": ModelSpec("qwen110b-layer", hidden=8192, layers=1, mlp=49152, heads=64, kv_heads=8, vocab=32000),
     # Tiny versions for testing the bench scripts themselves (--smoke).
     "tiny": ModelSpec("tiny", hidden=128, layers=2, mlp=352, heads=4, kv_heads=2, vocab=512),
-    "tiny-x8": ModelSpec("tiny-x8", hidden=128, layers=16, mlp=352, heads=4, kv_heads=2, vocab=512,
-                         repeat_of="tiny", shard_bytes=1 << 20),
+    "tiny-x8": ModelSpec(
+        "tiny-x8", hidden=128, layers=16, mlp=352, heads=4, kv_heads=2, vocab=512, repeat_of="tiny", shard_bytes=1 << 20
+    ),
 }
 
 
@@ -170,24 +188,9 @@ Entry = Tuple[str, Tuple[int, ...], Callable[[], memoryview]]
 def write_safetensors(path: Path, entries: Sequence[Entry]) -> None:
     """Streams bf16 tensors into one safetensors file (header first, then each tensor's
     bytes as it is produced), so a model never has to be held in memory."""
-    header: Dict[str, dict] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, shape, _ in entries:
-        size = 2 * int(np.prod(shape))
-        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # tensor data starts 8-byte aligned
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for name, shape, produce in entries:
-            data = produce()
-            if len(data) != 2 * int(np.prod(shape)):
-                raise RuntimeError(f"{name}: produced {len(data)} bytes for shape {shape}")
-            f.write(data)
-    os.replace(tmp, path)
+    write_streamed(
+        path, [(name, "BF16", shape, produce) for name, shape, produce in entries], metadata={"format": "pt"}
+    )
 
 
 class _SafetensorsBytes:
@@ -195,15 +198,12 @@ class _SafetensorsBytes:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            self.header = json.loads(f.read(n))
-        self.base = 8 + n
+        self.header, self.base = read_header(path)
         self.map = np.memmap(path, dtype=np.uint8, mode="r")
 
     def get(self, name: str) -> memoryview:
         b, e = self.header[name]["data_offsets"]
-        return memoryview(np.array(self.map[self.base + b:self.base + e]))
+        return memoryview(np.array(self.map[self.base + b : self.base + e]))
 
 
 def _entries(spec: ModelSpec, root: Path, device: str = "cpu") -> List[Entry]:
@@ -249,8 +249,9 @@ def model_dir(name: str, root: Optional[Path] = None) -> Path:
     return Path(root or DEFAULT_ROOT) / name
 
 
-def ensure(name: str, root: Optional[Path] = None, force: bool = False, quiet: bool = True,
-           device: str = "cpu") -> Path:
+def ensure(
+    name: str, root: Optional[Path] = None, force: bool = False, quiet: bool = True, device: str = "cpu"
+) -> Path:
     """The folder of model ``name``, written first unless a complete copy is there.
     ``device="cuda"`` draws the random weights on the GPU (fast; different numbers)."""
     if name not in MODELS:
@@ -269,7 +270,7 @@ def ensure(name: str, root: Optional[Path] = None, force: bool = False, quiet: b
     shutil.rmtree(folder / REFERENCE_CACHE, ignore_errors=True)
     if not quiet:
         print(f"writing {name} ({spec.nbytes() / 1e9:.2f} GB) to {folder} ...", file=sys.stderr, flush=True)
-    (folder / "config.json").write_text(json.dumps(spec.config(), indent=2) + "\n")
+    write_config(folder, spec.config())
     shards = _shards(spec, _entries(spec, root, device))
     if len(shards) == 1:
         write_safetensors(folder / "model.safetensors", shards[0])
@@ -279,8 +280,7 @@ def ensure(name: str, root: Optional[Path] = None, force: bool = False, quiet: b
             fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
             write_safetensors(folder / fname, shard)
             weight_map.update({n: fname for n, _, _ in shard})
-        index = {"metadata": {"total_size": spec.nbytes()}, "weight_map": weight_map}
-        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        write_index(folder, weight_map, total_size=spec.nbytes())
     marker.write_text(_marker(spec, device))
     return folder
 

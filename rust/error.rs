@@ -1,6 +1,8 @@
-//! The one error type of the core. Every failure that depends on input (a file, a
-//! header, an index, a dtype) becomes a `SpectrumError` that names the file and the
-//! problem; the Python bindings turn it into `spectrum_rs.SpectrumError`.
+//! The one error type of the core. Every failure names what went wrong, and its variant
+//! says whose fault it is: a file that is missing or malformed (`File`), a readable file
+//! whose layout or format cannot be scanned (`Layout`), a bad request (`Input`), or a
+//! failure of the core itself (`Internal`). The Python bindings raise the matching class
+//! of `spectrum_rs.errors`.
 
 use std::path::Path;
 
@@ -9,22 +11,58 @@ pub enum SpectrumError {
     /// A problem with one file (missing, unreadable, malformed).
     #[error("{path}: {message}")]
     File { path: String, message: String },
+    /// A readable file that holds a layout or format the scan does not support (a dtype
+    /// that cannot be decoded, scales that do not tile their weight).
+    #[error("{path}: {message}")]
+    Layout { path: String, message: String },
     /// A problem with the request itself (bad argument, nothing to scan).
     #[error("{0}")]
     Input(String),
+    /// A failure the input did not cause (the reader thread could not start or died).
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl SpectrumError {
     pub fn file(path: impl AsRef<Path>, message: impl Into<String>) -> Self {
-        SpectrumError::File {
-            path: path.as_ref().display().to_string(),
-            message: message.into(),
-        }
+        SpectrumError::File { path: path.as_ref().display().to_string(), message: message.into() }
+    }
+
+    pub fn layout(path: impl AsRef<Path>, message: impl Into<String>) -> Self {
+        SpectrumError::Layout { path: path.as_ref().display().to_string(), message: message.into() }
     }
 
     pub fn input(message: impl Into<String>) -> Self {
         SpectrumError::Input(message.into())
     }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        SpectrumError::Internal(message.into())
+    }
+
+    /// The file the error is about, when there is one.
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            SpectrumError::File { path, .. } | SpectrumError::Layout { path, .. } => Some(path),
+            SpectrumError::Input(_) | SpectrumError::Internal(_) => None,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, SpectrumError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_file() {
+        let e = SpectrumError::file("/m/model.safetensors", "no such file");
+        assert_eq!(e.to_string(), "/m/model.safetensors: no such file");
+        assert_eq!(e.path(), Some("/m/model.safetensors"));
+        let e = SpectrumError::layout("/m/a.safetensors", "tensor \"w\" has dtype I32");
+        assert_eq!(e.to_string(), "/m/a.safetensors: tensor \"w\" has dtype I32");
+        assert_eq!(SpectrumError::input("no model path given").to_string(), "no model path given");
+        assert_eq!(SpectrumError::internal("reader died").path(), None);
+    }
+}

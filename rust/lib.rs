@@ -1,10 +1,12 @@
-//! Python bindings of the core (`spectrum_rs._core`): the catalog, the layer stream,
-//! the statistics and the ranking, and the `SpectrumError` exception. Policy (devices,
-//! files, users) lives in the Python package; this file only translates.
+//! Python bindings of the core (`spectrum_rs._core`): the catalog and its layers, the
+//! layer stream, the statistics and the ranking. Errors become the exception classes of
+//! `spectrum_rs.errors`. Policy (devices, files, users) lives in the Python package; this
+//! file only translates.
 
-pub mod catalog;
 pub mod decode;
 pub mod error;
+pub mod files;
+pub mod layout;
 pub mod naming;
 pub mod ranking;
 pub mod stats;
@@ -14,25 +16,47 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1};
-use pyo3::create_exception;
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyBaseException, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyDict, PyString, PyTuple};
 
-use crate::catalog::Catalog as CoreCatalog;
+use crate::decode::dtype_name;
 use crate::error::SpectrumError as CoreError;
+use crate::layout::Catalog as CoreCatalog;
 use crate::stats::NoNoise;
 use crate::stream::{Payload, Streamer};
 
-create_exception!(
-    _core,
-    SpectrumError,
-    PyValueError,
-    "A model or result file cannot be scanned or read; the message names the file and the problem."
-);
-
-fn to_py(e: CoreError) -> PyErr {
-    SpectrumError::new_err(e.to_string())
+/// The exception of `spectrum_rs.errors` for a core error: the `SpectrumError` family
+/// (a `ValueError`) with `path=` for input problems, `InternalError` (a `RuntimeError`)
+/// for failures of the core. Without that module, a plain `ValueError` / `RuntimeError`
+/// with the same message.
+fn to_py(py: Python<'_>, e: CoreError) -> PyErr {
+    let class = match &e {
+        CoreError::File { .. } => "ModelFileError",
+        CoreError::Layout { .. } => "UnsupportedLayoutError",
+        CoreError::Input(_) => "SpectrumError",
+        CoreError::Internal(_) => "InternalError",
+    };
+    let message = e.to_string();
+    let raised = || -> PyResult<PyErr> {
+        let cls = py.import("spectrum_rs.errors")?.getattr(class)?;
+        let error = match &e {
+            CoreError::Internal(_) => cls.call1((&message,))?,
+            _ => {
+                let kwargs = PyDict::new(py);
+                kwargs.set_item("path", e.path())?;
+                cls.call((&message,), Some(&kwargs))?
+            }
+        };
+        if !error.is_instance_of::<PyBaseException>() {
+            return Err(PyValueError::new_err("not an exception"));
+        }
+        Ok(PyErr::from_value(error))
+    };
+    raised().unwrap_or_else(|_| match e {
+        CoreError::Internal(_) => PyRuntimeError::new_err(message),
+        _ => PyValueError::new_err(message),
+    })
 }
 
 /// A model's safetensors files, tensors and layers.
@@ -48,42 +72,40 @@ impl Catalog {
     #[new]
     #[pyo3(signature = (paths, scale_block=None))]
     fn new(py: Python<'_>, paths: Vec<PathBuf>, scale_block: Option<(usize, usize)>) -> PyResult<Self> {
-        let mut cat = py.detach(|| CoreCatalog::open(&paths)).map_err(to_py)?;
+        let mut cat = py.detach(|| CoreCatalog::open(&paths)).map_err(|e| to_py(py, e))?;
         cat.scale_block = scale_block;
         Ok(Catalog { inner: Arc::new(cat) })
     }
 
-    /// Every layer: a dict with name, type, rows, cols, tensor, tensor_shape, dtype,
-    /// file, expert, scale, nbytes.
-    fn layers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+    /// Every layer, in model order, as a `LayerInfo`.
+    fn layers(&self, py: Python<'_>) -> PyResult<Vec<LayerInfo>> {
         let cat = &self.inner;
-        let list = PyList::empty(py);
-        for l in &cat.layers {
-            let t = &cat.tensors[l.weight.tensor];
-            let d = PyDict::new(py);
-            d.set_item("name", &l.name)?;
-            d.set_item("type", &l.kind)?;
-            d.set_item("rows", l.rows)?;
-            d.set_item("cols", l.cols)?;
-            d.set_item("tensor", &t.name)?;
-            d.set_item("tensor_shape", t.shape.clone())?;
-            d.set_item("dtype", format!("{:?}", t.dtype))?;
-            d.set_item("file", cat.shards[t.shard].path.display().to_string())?;
-            d.set_item("expert", l.weight.expert)?;
-            d.set_item("scale", l.scale.map(|s| cat.tensors[s].name.clone()))?;
-            d.set_item("nbytes", cat.layer_bytes(l))?;
-            list.append(d)?;
-        }
-        Ok(list)
+        cat.layers
+            .iter()
+            .enumerate()
+            .map(|(index, l)| {
+                let t = &cat.tensors[l.weight.tensor];
+                Ok(LayerInfo {
+                    index,
+                    name: l.name.clone(),
+                    kind: l.kind.clone(),
+                    rows: l.rows,
+                    cols: l.cols,
+                    tensor: t.name.clone(),
+                    tensor_shape: PyTuple::new(py, &t.shape)?.unbind(),
+                    dtype: dtype_name(t.dtype).to_string(),
+                    file: cat.shards[t.shard].path.display().to_string(),
+                    expert: l.weight.expert,
+                    scale: l.scale.map(|s| cat.tensors[s].name.clone()),
+                    nbytes: cat.layer_bytes(l),
+                })
+            })
+            .collect()
     }
 
     /// The model's files as (path, size in bytes, header hash) tuples.
     fn files(&self) -> Vec<(String, u64, u64)> {
-        self.inner
-            .shards
-            .iter()
-            .map(|s| (s.path.display().to_string(), s.size, s.header_hash))
-            .collect()
+        self.inner.shards.iter().map(|s| (s.path.display().to_string(), s.size, s.header_hash)).collect()
     }
 
     /// Every tensor name, in file order.
@@ -93,16 +115,82 @@ impl Catalog {
 
     /// Indices of the layers to scan (see the Rust `Catalog::select`).
     #[pyo3(signature = (include=Vec::new(), exclude=Vec::new(), include_1d=false))]
-    fn select(&self, include: Vec<String>, exclude: Vec<String>, include_1d: bool) -> PyResult<Vec<usize>> {
-        self.inner.select(&include, &exclude, include_1d).map_err(to_py)
+    fn select(
+        &self,
+        py: Python<'_>,
+        include: Vec<String>,
+        exclude: Vec<String>,
+        include_1d: bool,
+    ) -> PyResult<Vec<usize>> {
+        self.inner.select(&include, &exclude, include_1d).map_err(|e| to_py(py, e))
     }
 
     /// Streams the given layers in file order, with at most `window_bytes` of host data
     /// queued or held. With `raw=True`, BF16/F16/F32 layers come as their stored bytes.
     #[pyo3(signature = (layers, window_bytes=1 << 30, raw=false))]
-    fn stream(&self, layers: Vec<usize>, window_bytes: usize, raw: bool) -> PyResult<LayerStream> {
-        let s = Streamer::start(Arc::clone(&self.inner), layers, window_bytes, raw).map_err(to_py)?;
+    fn stream(&self, py: Python<'_>, layers: Vec<usize>, window_bytes: usize, raw: bool) -> PyResult<LayerStream> {
+        let s = Streamer::start(Arc::clone(&self.inner), layers, window_bytes, raw).map_err(|e| to_py(py, e))?;
         Ok(LayerStream { inner: Mutex::new(Some(s)) })
+    }
+}
+
+/// One layer of a catalog: where it is stored and the matrix it is scanned as.
+#[pyclass(module = "spectrum_rs._core", frozen)]
+struct LayerInfo {
+    /// Position in `Catalog.layers()`.
+    #[pyo3(get)]
+    index: usize,
+    #[pyo3(get)]
+    name: String,
+    /// The layer type (docs/method.md §1).
+    #[pyo3(get, name = "type")]
+    kind: String,
+    #[pyo3(get)]
+    rows: usize,
+    #[pyo3(get)]
+    cols: usize,
+    /// The stored tensor the layer reads.
+    #[pyo3(get)]
+    tensor: String,
+    #[pyo3(get)]
+    tensor_shape: Py<PyTuple>,
+    /// The stored dtype, as safetensors names it ("BF16", "F8_E4M3").
+    #[pyo3(get)]
+    dtype: String,
+    /// The shard file that holds the tensor.
+    #[pyo3(get)]
+    file: String,
+    /// Which expert of a stacked `[E, out, in]` tensor; `None` for a whole tensor.
+    #[pyo3(get)]
+    expert: Option<usize>,
+    /// The FP8 scale tensor the weight is multiplied by.
+    #[pyo3(get)]
+    scale: Option<String>,
+    /// Bytes on disk (the weight's slice plus its scale).
+    #[pyo3(get)]
+    nbytes: usize,
+}
+
+#[pymethods]
+impl LayerInfo {
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let s = |v: &str| -> PyResult<String> { Ok(PyString::new(py, v).repr()?.to_string()) };
+        let opt = |v: &Option<String>| -> PyResult<String> { v.as_deref().map_or(Ok("None".into()), s) };
+        Ok(format!(
+            "LayerInfo(index={}, name={}, type={}, rows={}, cols={}, tensor={}, tensor_shape={}, dtype={}, file={}, expert={}, scale={}, nbytes={})",
+            self.index,
+            s(&self.name)?,
+            s(&self.kind)?,
+            self.rows,
+            self.cols,
+            s(&self.tensor)?,
+            self.tensor_shape.bind(py).repr()?,
+            s(&self.dtype)?,
+            s(&self.file)?,
+            self.expert.map_or("None".into(), |e| e.to_string()),
+            opt(&self.scale)?,
+            self.nbytes
+        ))
     }
 }
 
@@ -119,24 +207,24 @@ impl LayerStream {
         slf
     }
 
-    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<(usize, Bound<'py, PyAny>, String)>> {
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<(usize, Bound<'py, PyAny>, &'static str)>> {
         let next = py.detach(|| {
             let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             guard.as_mut().and_then(|s| s.next_item())
         });
         let item = match next {
             None => return Ok(None),
-            Some(Err(e)) => return Err(to_py(e)),
+            Some(Err(e)) => return Err(to_py(py, e)),
             Some(Ok(item)) => item,
         };
         match item.payload {
             Payload::F32(v) => {
                 let a = PyArray1::from_vec(py, v).reshape([item.rows, item.cols])?;
-                Ok(Some((item.layer, a.into_any(), "F32".to_string())))
+                Ok(Some((item.layer, a.into_any(), "F32")))
             }
             Payload::Raw { bytes, dtype } => {
                 let a = PyArray1::from_vec(py, bytes);
-                Ok(Some((item.layer, a.into_any(), format!("{dtype:?}"))))
+                Ok(Some((item.layer, a.into_any(), dtype_name(dtype))))
             }
         }
     }
@@ -150,7 +238,7 @@ impl LayerStream {
     }
 }
 
-/// SPEC §2 statistics of a `rows x cols` matrix from its singular values:
+/// docs/method.md §2 statistics of a `rows x cols` matrix from its singular values:
 /// `(snr, sigma, threshold, max_singular_value, n_signal)`. `snr` is normalised by the
 /// largest singular value and NaN for an all-zero or non-finite matrix.
 #[pyfunction]
@@ -189,7 +277,7 @@ fn select_top(types: Vec<String>, snrs: Vec<f64>, top_percent: f64) -> PyResult<
     Ok(ranking::select_top(&types, &snrs, top_percent))
 }
 
-/// The layer type of a layer name (SPEC §1).
+/// The layer type of a layer name (docs/method.md §1).
 #[pyfunction]
 fn layer_type(name: &str) -> String {
     naming::layer_type(name)
@@ -198,9 +286,7 @@ fn layer_type(name: &str) -> String {
 /// Indices that put layer names in model order (numbers compare as numbers).
 #[pyfunction]
 fn natural_order(names: Vec<String>) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..names.len()).collect();
-    idx.sort_by_cached_key(|&i| catalog::natural_key(&names[i]));
-    idx
+    naming::natural_order(&names)
 }
 
 /// Whether a user pattern (type, name or glob) picks this layer.
@@ -211,8 +297,9 @@ fn layer_matches(pattern: &str, name: &str, kind: &str) -> bool {
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add("SpectrumError", m.py().get_type::<SpectrumError>())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<Catalog>()?;
+    m.add_class::<LayerInfo>()?;
     m.add_class::<LayerStream>()?;
     m.add_function(wrap_pyfunction!(spectrum_stats, m)?)?;
     m.add_function(wrap_pyfunction!(rank_by_type, m)?)?;

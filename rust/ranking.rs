@@ -1,4 +1,4 @@
-//! Per-type ranking and top-percent selection (SPEC §3).
+//! Per-type ranking and top-percent selection (docs/method.md §3).
 
 use std::collections::BTreeMap;
 

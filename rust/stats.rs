@@ -1,8 +1,8 @@
-//! The numbers of SPEC §2: quantiles, IQR sigma, the Marchenko-Pastur threshold, signal
+//! The numbers of docs/method.md §2: quantiles, IQR sigma, the Marchenko-Pastur threshold, signal
 //! and noise sums and the normalised signal-to-noise ratio of one weight matrix, given
 //! its singular values.
 
-/// What to report when no singular value is at or below the threshold (SPEC §2.6).
+/// What to report when no singular value is at or below the threshold (docs/method.md §2.6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NoNoise {
     /// Current reference tool: the noise sum is taken as 1.0.
@@ -61,13 +61,8 @@ pub fn marchenko_pastur_threshold(sigma: f64, rows: usize, cols: usize) -> f64 {
 /// order (they are sorted here). Negative values, which an eigenvalue route can leave
 /// from rounding, are clamped at 0.
 pub fn spectrum(singular_values: &[f64], rows: usize, cols: usize, no_noise: NoNoise) -> Spectrum {
-    let nan = Spectrum {
-        snr: f64::NAN,
-        sigma: f64::NAN,
-        threshold: f64::NAN,
-        max_singular_value: f64::NAN,
-        n_signal: 0,
-    };
+    let nan =
+        Spectrum { snr: f64::NAN, sigma: f64::NAN, threshold: f64::NAN, max_singular_value: f64::NAN, n_signal: 0 };
     if singular_values.is_empty() || singular_values.iter().any(|s| !s.is_finite()) {
         return nan;
     }
@@ -77,7 +72,7 @@ pub fn spectrum(singular_values: &[f64], rows: usize, cols: usize, no_noise: NoN
     let sigma = iqr_sigma(&s);
     let threshold = marchenko_pastur_threshold(sigma, rows, cols);
     if max == 0.0 {
-        // An all-zero matrix has no spectrum (SPEC §2.7).
+        // An all-zero matrix has no spectrum (docs/method.md §2.7).
         return Spectrum { max_singular_value: 0.0, sigma, threshold, ..nan };
     }
     let (mut signal, mut noise, mut n_signal, mut n_noise) = (0.0f64, 0.0f64, 0usize, 0usize);
@@ -100,13 +95,7 @@ pub fn spectrum(singular_values: &[f64], rows: usize, cols: usize, no_noise: NoN
     } else {
         signal / noise
     };
-    Spectrum {
-        snr: ratio / max,
-        sigma,
-        threshold,
-        max_singular_value: max,
-        n_signal,
-    }
+    Spectrum { snr: ratio / max, sigma, threshold, max_singular_value: max, n_signal }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! dropped when the reader moves past it, so resident memory does not grow with the
 //! model.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,9 +16,9 @@ use std::thread::JoinHandle;
 use memmap2::{Advice, Mmap, UncheckedAdvice};
 use safetensors::tensor::Dtype;
 
-use crate::catalog::{Catalog, Part};
-use crate::decode::{apply_scale, decode_into, element_size, scale_blocks};
+use crate::decode::{apply_scale, decode_into, dtype_name, element_size};
 use crate::error::{Result, SpectrumError};
+use crate::layout::{quant, Catalog, Part};
 
 /// What the worker receives for one layer.
 pub enum Payload {
@@ -103,7 +104,7 @@ impl Streamer {
         let handle = std::thread::Builder::new()
             .name("spectrum-reader".into())
             .spawn(move || read_all(&cat, layers, raw, &w, tx))
-            .map_err(|e| SpectrumError::input(format!("cannot start the reader thread: {e}")))?;
+            .map_err(|e| SpectrumError::internal(format!("cannot start the reader thread: {e}")))?;
         Ok(Streamer { rx, window, held: 0, expected, delivered: 0, failed: false, handle: Some(handle) })
     }
 
@@ -126,7 +127,8 @@ impl Streamer {
             }
             Err(_) => {
                 self.failed = true;
-                Some(Err(SpectrumError::input(format!(
+                // The reader ended before sending every layer or an error: it panicked.
+                Some(Err(SpectrumError::internal(format!(
                     "internal error: the reader thread stopped after {} of {} layers",
                     self.delivered, self.expected
                 ))))
@@ -164,18 +166,6 @@ fn map_shard(cat: &Catalog, shard: usize) -> Result<Mmap> {
     Ok(map)
 }
 
-/// Byte range of a part inside its shard.
-fn part_range(cat: &Catalog, part: Part) -> (usize, usize) {
-    let t = &cat.tensors[part.tensor];
-    match part.expert {
-        Some(e) => {
-            let each = (t.end - t.begin) / t.shape[0].max(1);
-            (t.begin + e * each, t.begin + (e + 1) * each)
-        }
-        None => (t.begin, t.end),
-    }
-}
-
 /// Drops the pages of a byte range from this process (they are re-read from the file if
 /// ever touched again).
 fn release_pages(map: &Mmap, begin: usize, end: usize) {
@@ -190,13 +180,14 @@ fn release_pages(map: &Mmap, begin: usize, end: usize) {
 
 fn decode_part(cat: &Catalog, map: &Mmap, part: Part) -> Result<Vec<f32>> {
     let t = &cat.tensors[part.tensor];
-    let (begin, end) = part_range(cat, part);
+    let (begin, end) = cat.part_range(part);
     let path = &cat.shards[t.shard].path;
     let bytes = map
         .get(begin..end)
         .ok_or_else(|| SpectrumError::file(path, format!("tensor {:?} lies past the end of the file", t.name)))?;
-    let size = element_size(t.dtype)
-        .ok_or_else(|| SpectrumError::file(path, format!("tensor {:?}: dtype {:?} cannot be decoded", t.name, t.dtype)))?;
+    let size = element_size(t.dtype).ok_or_else(|| {
+        SpectrumError::layout(path, format!("tensor {:?}: dtype {} cannot be decoded", t.name, dtype_name(t.dtype)))
+    })?;
     let mut out = vec![0f32; bytes.len() / size];
     decode_into(t.dtype, bytes, &mut out);
     Ok(out)
@@ -205,7 +196,7 @@ fn decode_part(cat: &Catalog, map: &Mmap, part: Part) -> Result<Vec<f32>> {
 fn read_all(cat: &Catalog, mut layers: Vec<usize>, raw: bool, window: &Window, tx: Sender<Result<Item>>) {
     layers.sort_by_key(|&l| {
         let p = cat.layers[l].weight;
-        (cat.tensors[p.tensor].shard, part_range(cat, p).0)
+        (cat.tensors[p.tensor].shard, cat.part_range(p).0)
     });
     let mut maps: HashMap<usize, Mmap> = HashMap::new();
     for l in layers {
@@ -243,11 +234,11 @@ fn read_one(
     let shard = t.shard;
     // Only the current shard (and a scale's shard) stay mapped.
     maps.retain(|&s, _| s == shard);
-    if !maps.contains_key(&shard) {
-        maps.insert(shard, map_shard(cat, shard)?);
+    if let Entry::Vacant(e) = maps.entry(shard) {
+        e.insert(map_shard(cat, shard)?);
     }
     let n = layer.rows * layer.cols;
-    let (begin, end) = part_range(cat, layer.weight);
+    let (begin, end) = cat.part_range(layer.weight);
     let raw_ok = raw && layer.scale.is_none() && matches!(t.dtype, Dtype::BF16 | Dtype::F16 | Dtype::F32);
     let charge = if raw_ok { end - begin } else { n * 4 };
     if !window.take(charge) {
@@ -262,52 +253,197 @@ fn read_one(
     } else {
         let mut w = decode_part(cat, map, layer.weight)?;
         if let Some(s) = layer.scale {
-            let st = &cat.tensors[s];
-            // One expert of a stacked weight takes the same slice of stacked scales.
-            let stacked = st.shape.len() == 3 && layer.weight.expert.is_some();
-            if stacked && st.shape[0] != t.shape[0] {
-                return Err(SpectrumError::file(
-                    &cat.shards[st.shard].path,
-                    format!(
-                        "scale tensor {:?} of shape {:?} does not stack the {} experts of {:?}",
-                        st.name, st.shape, t.shape[0], t.name
-                    ),
-                ));
-            }
-            let part = Part { tensor: s, expert: if stacked { layer.weight.expert } else { None } };
-            let scale = if st.shard == shard {
-                decode_part(cat, map, part)?
+            let grid = quant::scale_grid(cat, layer, s)?;
+            let scale = if cat.tensors[s].shard == shard {
+                decode_part(cat, map, grid.part)?
             } else {
-                let other = map_shard(cat, st.shard)?;
-                decode_part(cat, &other, part)?
+                let other = map_shard(cat, cat.tensors[s].shard)?;
+                decode_part(cat, &other, grid.part)?
             };
-            let dims = if stacked { &st.shape[1..] } else { &st.shape[..] };
-            let (sr, sc) = match dims.len() {
-                0 => (1, 1),
-                1 => (dims[0], 1),
-                _ => (dims[0], dims[1..].iter().product()),
-            };
-            let blocks = (sr * sc == scale.len())
-                .then(|| scale_blocks(layer.rows, layer.cols, sr, sc, cat.scale_block))
-                .flatten()
-                .ok_or_else(|| {
-                    SpectrumError::file(
-                        &cat.shards[st.shard].path,
-                        format!(
-                            "scale tensor {:?} of shape {:?} does not tile weight {:?} of shape {:?}{}",
-                            st.name,
-                            st.shape,
-                            t.name,
-                            t.shape,
-                            cat.scale_block.map(|b| format!(" in blocks of {b:?}")).unwrap_or_default()
-                        ),
-                    )
-                })?;
-            apply_scale(&mut w, layer.rows, layer.cols, &scale, sr, sc, blocks);
+            let block = quant::scale_block(cat, layer, s, &grid, scale.len())?;
+            apply_scale(&mut w, layer.rows, layer.cols, &scale, grid.rows, grid.cols, block);
         }
         Payload::F32(w)
     };
     release_pages(map, begin, end);
-    debug_assert!(n == 0 || matches!(payload, Payload::Raw { .. }) || matches!(&payload, Payload::F32(v) if v.len() == n));
+    debug_assert!(
+        n == 0 || matches!(payload, Payload::Raw { .. }) || matches!(&payload, Payload::F32(v) if v.len() == n)
+    );
     Ok(Some(Item { layer: l, rows: layer.rows, cols: layer.cols, payload, charge }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::files::testing::{f32_bytes, f32_seq, safetensors, Spec, TempDir};
+    use crate::layout::Layer;
+
+    fn open(tensors: &[Spec<'_>]) -> (TempDir, PathBuf, Arc<Catalog>) {
+        let dir = TempDir::new();
+        let file = dir.write("model.safetensors", &safetensors(tensors));
+        let cat = Catalog::open(&[dir.path().to_path_buf()]).unwrap();
+        (dir, file, Arc::new(cat))
+    }
+
+    fn index(cat: &Catalog, name: &str) -> usize {
+        cat.layers.iter().position(|l| l.name == name).unwrap()
+    }
+
+    fn drain(mut s: Streamer) -> Vec<Result<Item>> {
+        std::iter::from_fn(|| s.next_item()).collect()
+    }
+
+    fn floats(item: &Item) -> &[f32] {
+        match &item.payload {
+            Payload::F32(v) => v,
+            Payload::Raw { .. } => panic!("raw payload for layer {}", item.layer),
+        }
+    }
+
+    fn bf16_bytes(values: &[f32]) -> Vec<u8> {
+        values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect()
+    }
+
+    fn model() -> (TempDir, PathBuf, Arc<Catalog>) {
+        // Stored in the order b, a, c; layers in the order a, b, c.
+        open(&[
+            ("b.weight", "F32", &[2, 3], f32_bytes(&f32_seq(0.0, 6))),
+            ("a.weight", "BF16", &[2, 2], bf16_bytes(&[1.0, -2.0, 0.5, 4.0])),
+            ("c.weight", "F64", &[1, 2], [0.25f64, -3.0].iter().flat_map(|v| v.to_le_bytes()).collect()),
+        ])
+    }
+
+    #[test]
+    fn two_layers_decoded_in_file_order_through_a_small_window() {
+        let (_dir, _file, cat) = model();
+        let (a, b) = (index(&cat, "a"), index(&cat, "b"));
+        let items = drain(Streamer::start(Arc::clone(&cat), vec![a, b], 1, false).unwrap());
+        let items: Vec<Item> = items.into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(items.iter().map(|i| i.layer).collect::<Vec<_>>(), [b, a]);
+        assert_eq!((items[0].rows, items[0].cols, items[0].charge), (2, 3, 24));
+        assert_eq!(floats(&items[0]), f32_seq(0.0, 6));
+        assert_eq!((items[1].rows, items[1].cols), (2, 2));
+        assert_eq!(floats(&items[1]), [1.0, -2.0, 0.5, 4.0]);
+    }
+
+    #[test]
+    fn raw_mode_hands_over_the_stored_bytes() {
+        let (_dir, file, cat) = model();
+        let stored = std::fs::read(file).unwrap();
+        let layers: Vec<usize> = (0..3).collect();
+        let items: Vec<Item> = drain(Streamer::start(Arc::clone(&cat), layers, 1 << 20, true).unwrap())
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(items.len(), 3);
+        for item in &items {
+            let l = &cat.layers[item.layer];
+            let t = &cat.tensors[l.weight.tensor];
+            match (&item.payload, t.dtype) {
+                (Payload::Raw { bytes, dtype }, Dtype::BF16 | Dtype::F32) => {
+                    assert_eq!(*dtype, t.dtype);
+                    assert_eq!(bytes[..], stored[t.begin..t.end]);
+                    assert_eq!(item.charge, bytes.len());
+                }
+                // F64 has no raw form: decoded to float32.
+                (Payload::F32(v), Dtype::F64) => assert_eq!(v[..], [0.25, -3.0]),
+                _ => panic!("unexpected payload for {}", l.name),
+            }
+        }
+    }
+
+    #[test]
+    fn out_of_range_layers_are_refused() {
+        let (_dir, _file, cat) = model();
+        let e = Streamer::start(cat, vec![0, 3], 1 << 20, false).err().unwrap();
+        assert!(matches!(&e, SpectrumError::Input(m) if m == "layer index 3 is out of range"));
+    }
+
+    #[test]
+    fn fp8_weights_are_scaled_and_experts_sliced() {
+        let (_dir, _file, cat) = open(&[
+            // 1.0, -1.0, 2.0, 1.0 in F8_E4M3
+            ("p.weight", "F8_E4M3", &[2, 2], vec![0x38, 0xb8, 0x40, 0x38]),
+            ("p.weight_scale_inv", "F32", &[1, 1], f32_bytes(&[0.5])),
+            ("r.weight", "F8_E4M3", &[2, 2], vec![0x38, 0xb8, 0x40, 0x38]),
+            ("r.weight_scale_inv", "F32", &[2], f32_bytes(&[2.0, 3.0])),
+            ("m.experts.w", "F32", &[3, 2, 2], f32_bytes(&f32_seq(0.0, 12))),
+        ]);
+        let wanted = ["p", "r", "m.experts.w.1", "m.experts.w.2"].map(|n| index(&cat, n));
+        let items: Vec<Item> = drain(Streamer::start(Arc::clone(&cat), wanted.to_vec(), 1 << 20, true).unwrap())
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        let item = |n: &str| items.iter().find(|i| i.layer == index(&cat, n)).unwrap();
+        // Scaled layers are decoded even in raw mode; an expert's raw bytes are its slice.
+        assert_eq!(floats(item("p")), [0.5, -0.5, 1.0, 0.5]);
+        assert_eq!(floats(item("r")), [2.0, -2.0, 6.0, 3.0]);
+        assert!(matches!(&item("m.experts.w.1").payload, Payload::Raw { bytes, dtype: Dtype::F32 }
+            if *bytes == f32_bytes(&[4.0, 5.0, 6.0, 7.0])));
+        let decoded: Vec<Item> = drain(Streamer::start(Arc::clone(&cat), wanted[2..].to_vec(), 1, false).unwrap())
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(floats(&decoded[0]), [4.0, 5.0, 6.0, 7.0]);
+        assert_eq!(floats(&decoded[1]), [8.0, 9.0, 10.0, 11.0]);
+    }
+
+    #[test]
+    fn errors_end_the_stream() {
+        let (_dir, file, cat) = open(&[
+            ("a.weight", "F8_E4M3", &[2, 2], vec![0x38; 4]),
+            ("a.weight_scale_inv", "F32", &[3], f32_bytes(&[1.0; 3])),
+            ("b.weight", "F32", &[1, 1], f32_bytes(&[1.0])),
+        ]);
+        let mut items = drain(Streamer::start(Arc::clone(&cat), vec![0, 1], 1 << 20, false).unwrap());
+        assert_eq!(items.len(), 1);
+        let e = items.remove(0).err().unwrap();
+        assert!(matches!(e, SpectrumError::Layout { .. }));
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}: scale tensor \"a.weight_scale_inv\" of shape [3] does not tile weight \"a.weight\" of shape [2, 2]",
+                file.display()
+            )
+        );
+        // The file changes under the open catalog.
+        let b = index(&cat, "b");
+        std::fs::write(&file, b"short").unwrap();
+        let mut items = drain(Streamer::start(Arc::clone(&cat), vec![b], 1 << 20, false).unwrap());
+        let e = items.remove(0).err().unwrap();
+        assert!(matches!(e, SpectrumError::File { .. }));
+        assert!(e.to_string().contains("file changed size since it was opened"), "{e}");
+    }
+
+    #[test]
+    fn dropping_a_stream_stops_its_reader() {
+        let (_dir, _file, cat) = model();
+        let mut s = Streamer::start(Arc::clone(&cat), vec![0, 1, 2], 1, false).unwrap();
+        assert!(s.next_item().unwrap().is_ok());
+        drop(s); // the reader waits for room in the window: cancelled, joined
+        let s = Streamer::start(cat, vec![], 1, false).unwrap();
+        assert!(drain(s).is_empty());
+    }
+
+    #[test]
+    fn a_reader_that_dies_is_an_internal_error() {
+        // A layer pointing at a tensor that does not exist makes the reader panic.
+        let layer = Layer {
+            name: "x".into(),
+            kind: "x".into(),
+            weight: Part { tensor: 7, expert: None },
+            scale: None,
+            rows: 1,
+            cols: 1,
+        };
+        let cat = Arc::new(Catalog { layers: vec![layer], ..Catalog::default() });
+        let items = drain(Streamer::start(cat, vec![0], 1, false).unwrap());
+        assert_eq!(items.len(), 1);
+        let e = items.into_iter().next().unwrap().err().unwrap();
+        assert!(
+            matches!(&e, SpectrumError::Internal(m) if m == "internal error: the reader thread stopped after 0 of 1 layers")
+        );
+    }
 }

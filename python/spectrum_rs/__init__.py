@@ -10,9 +10,28 @@ layers to train::
     result.save(".")           # model_snr_results/*.json, *.yaml
 """
 
-from ._core import SpectrumError
+from ._core import __version__
+from .errors import (
+    CheckpointMismatchError,
+    InternalError,
+    ModelFileError,
+    ResultsFileError,
+    SpectrumError,
+    UnsupportedLayoutError,
+)
 from .results import LayerResult, ScanResult
 from .scan import ScanInterrupted, scan
 
-__version__ = "0.1.0"
-__all__ = ["scan", "ScanResult", "LayerResult", "ScanInterrupted", "SpectrumError", "__version__"]
+__all__ = [
+    "scan",
+    "ScanResult",
+    "LayerResult",
+    "ScanInterrupted",
+    "SpectrumError",
+    "ModelFileError",
+    "UnsupportedLayoutError",
+    "CheckpointMismatchError",
+    "ResultsFileError",
+    "InternalError",
+    "__version__",
+]

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
-from ._core import SpectrumError
+from .errors import SpectrumError
 from .results import ScanResult
 
 
@@ -19,8 +19,7 @@ def layer_index(name: str) -> Optional[int]:
     return None
 
 
-def plot_snr(result: ScanResult, path: Union[str, Path], top_percent: Optional[float] = None,
-             dpi: int = 100) -> Path:
+def plot_snr(result: ScanResult, path: Union[str, Path], top_percent: Optional[float] = None, dpi: int = 100) -> Path:
     """Writes a PNG heatmap of ``result`` to ``path`` and returns the path."""
     try:
         import matplotlib
@@ -62,8 +61,11 @@ def plot_snr(result: ScanResult, path: Union[str, Path], top_percent: Optional[f
     vmax = float(finite.max()) if finite.size else 1.0
     # SNRs of different types differ by orders of magnitude: a log scale keeps both visible.
     log = finite.size > 0 and vmin > 0 and vmax / vmin > 10
-    norm = (matplotlib.colors.LogNorm(vmin=vmin, vmax=vmax) if log else
-            matplotlib.colors.Normalize(vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1e-12))
+    norm = (
+        matplotlib.colors.LogNorm(vmin=vmin, vmax=vmax)
+        if log
+        else matplotlib.colors.Normalize(vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1e-12)
+    )
     im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
     for (y, x), (_, sel) in cells.items():
         if sel:

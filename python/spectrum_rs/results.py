@@ -1,14 +1,18 @@
 """The result of a scan: one ``LayerResult`` per layer and the ``ScanResult`` that holds
-them, ranks them per type (through the Rust core) and selects the layers to train."""
+them, ranks them per type (through the Rust core), selects the layers to train, and saves
+itself as (or loads itself from) the reference tool's files (:mod:`.io.reference_files`)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from . import _core
+from .io import reference_files
+from .model.layouts import HEAD, embedding_names
+from .options import check_top_percent
 
 
 @dataclass
@@ -69,8 +73,10 @@ class ScanResult:
         raise KeyError(name)
 
     def __repr__(self) -> str:
-        return (f"ScanResult(model_name={self.model_name!r}, layers={len(self.layers)}, "
-                f"types={len(self.types)}, top_percent={self.top_percent})")
+        return (
+            f"ScanResult(model_name={self.model_name!r}, layers={len(self.layers)}, "
+            f"types={len(self.types)}, top_percent={self.top_percent})"
+        )
 
     @property
     def types(self) -> List[str]:
@@ -84,9 +90,8 @@ class ScanResult:
         return {t: [self.layers[i] for i in idx] for t, idx in _core.rank_by_type(types, snrs)}
 
     def selected_by_type(self, top_percent: Optional[float] = None) -> Dict[str, List[str]]:
-        """Per type, the names of its top ``top_percent`` layers by SNR (SPEC §3)."""
-        pct = self.top_percent if top_percent is None else float(top_percent)
-        _check_percent(pct)
+        """Per type, the names of its top ``top_percent`` layers by SNR (docs/method.md §3)."""
+        pct = check_top_percent(self.top_percent if top_percent is None else top_percent)
         types = [layer.type for layer in self.layers]
         snrs = [_float(layer.snr) for layer in self.layers]
         keep = _core.select_top(types, snrs, pct)  # the reference's int(count * pct / 100)
@@ -114,41 +119,52 @@ class ScanResult:
                     out[layer.name] = {"snr": _float(layer.snr), "type": t}
         return out
 
-    def save(self, out_dir: Union[str, Path] = ".", top_percent: Optional[float] = None,
-             name: Optional[str] = None, **yaml_options: Any) -> Dict[str, Path]:
-        """Writes the three reference files under ``out_dir/model_snr_results/``; see
-        :func:`spectrum_rs.result_files.write_all`."""
-        from .result_files import write_all
+    def unfrozen_yaml(
+        self, top_percent: Optional[float] = None, *, embeddings: bool = True, strict: bool = False
+    ) -> str:
+        """The ``unfrozen_parameters`` YAML (docs/method.md §4). ``embeddings``: list the
+        model's embedding and head weights first (anchored regexes), as the reference does.
+        ``strict``: every line an escaped, anchored regex."""
+        head: List[str] = []
+        if embeddings:
+            # The head first, then the embeddings in model order, as the reference lists them.
+            head = [f"{name}.weight" for name in sorted(self.embedding_layers(), key=lambda n: n != HEAD)]
+        by_name = {layer.name: layer for layer in self.layers}
+        sections = {t: [by_name[n].parameter for n in names] for t, names in self.selected_by_type(top_percent).items()}
+        return reference_files.yaml_text(head, sections, strict=strict)
 
-        return write_all(self, out_dir, top_percent=top_percent, name=name, **yaml_options)
+    def save(
+        self,
+        out_dir: Union[str, Path] = ".",
+        top_percent: Optional[float] = None,
+        name: Optional[str] = None,
+        *,
+        embeddings: bool = True,
+        strict: bool = False,
+    ) -> Dict[str, Path]:
+        """Writes the three reference files under ``out_dir/model_snr_results/``:
+        ``snr_results_{slug}.json``, its ``_sorted.json`` and the
+        ``_unfrozenparameters_{P}percent.yaml``. Returns their paths by kind
+        (``results``, ``sorted``, ``yaml``)."""
+        pct = check_top_percent(self.top_percent if top_percent is None else top_percent)
+        ranked = {t: [(layer.name, _float(layer.snr)) for layer in layers] for t, layers in self.ranked().items()}
+        return reference_files.write_files(
+            out_dir,
+            name or self.model_name,
+            pct,
+            results=reference_files.results_text(self.to_dict()),
+            sorted_=reference_files.sorted_text(ranked),
+            yaml=self.unfrozen_yaml(pct, embeddings=embeddings, strict=strict),
+        )
 
     @classmethod
-    def load(cls, path: Union[str, Path]) -> "ScanResult":
+    def load(cls, path: Union[str, Path]) -> ScanResult:
         """Reads a results JSON written by this tool or the reference tool, in either the
         flat or the sorted shape."""
-        from .result_files import load
-
-        return load(path)
-
-
-_EMBEDDING_MARKERS = ("embed", "wte", "wpe", "lm_head")
-
-
-def embedding_names(names: Iterable[str]) -> List[str]:
-    """The embedding and head layers among ``names``: the last part names an embedding
-    (``embed_tokens``, ``word_embeddings``, ``wte``...) or the layer is ``lm_head``."""
-    out = []
-    for name in names:
-        last = name.split(".")[-1]
-        if name == "lm_head" or any(m in last for m in _EMBEDDING_MARKERS):
-            out.append(name)
-    return out
+        model, entries = reference_files.parse(path)
+        layers = [LayerResult(name=name, type=kind, snr=snr) for name, kind, snr in entries]
+        return cls(model_name=model, layers=layers, settings={"loaded_from": str(path)})
 
 
 def _float(x: Any) -> float:
     return math.nan if x is None else float(x)
-
-
-def _check_percent(pct: float) -> None:
-    if not (0 <= pct <= 100):
-        raise ValueError(f"top_percent must be between 0 and 100, got {pct}")

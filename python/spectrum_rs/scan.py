@@ -1,46 +1,46 @@
-"""``scan()``: from a model path to a ``ScanResult``. Opens the catalog (Rust), picks this
-process's layers, streams them off disk (Rust thread) through the pipeline of SVD workers
-(numpy on the CPU, torch on GPUs) and statistics (Rust), keeps the checkpoint, and adds
-the tied head the config describes."""
+"""``scan()``: from a model path to a ``ScanResult``, in four steps: *resolve* the model's
+files, *plan* the work (the catalog's layers, the requested ones, this process's share,
+the workers, the checkpoint), *stream* the layers off disk (a Rust thread) through the SVD
+workers and the statistics (:mod:`.run.pipeline`), and *assemble* the result, with the tied
+head the config describes."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
-from . import _core, distributed, pipeline
-from ._core import SpectrumError
-from .checkpoint import Checkpoint, identity
-from .model_config import embedding_source, fp8_scale_block, read_config, ties_embeddings
-from .model_source import default_name, resolve_model
-from .progress import Progress
-from .results import LayerResult, ScanResult, embedding_names
-from .singular_values import Worker, limit_blas_threads, make_workers, plan_workers
+from . import _core
+from .compute.base import Worker
+from .compute.devices import limit_blas_threads, make_workers, plan_workers
+from .errors import SpectrumError
+from .model.config import fp8_scale_block, read_config, ties_embeddings
+from .model.layouts import HEAD, embedding_names, input_embedding
+from .model.source import default_name, resolve_model
+from .options import (
+    DEFAULT_TOP_PERCENT,
+    NO_NOISE,
+    DeviceSpec,
+    Dtype,
+    Method,
+    NoNoise,
+    as_list,
+    check_choice,
+    check_method_dtype,
+    check_top_percent,
+)
+from .results import LayerResult, ScanResult
+from .run import distributed, pipeline
+from .run.checkpoint import Checkpoint, identity, rank_path
+from .run.progress import Progress
 
 PathLike = Union[str, "os.PathLike[str]"]
 # Read-ahead of 128 MiB: peak RSS rose 81 % from `small` to its 8x-layers copy with a
 # 2 GiB window, 9.6 % with 128 MiB, at the same speed (benches/results/cpu-2026-11-28.md).
 DEFAULT_WINDOW_BYTES = 128 << 20
-
-
-def _as_list(x: Union[None, str, Iterable[str]]) -> List[str]:
-    if x is None:
-        return []
-    if isinstance(x, str):
-        return [p for p in (s.strip() for s in x.split(",")) if p]
-    return [str(p) for p in x]
-
-
-def _model_paths(model: Union[PathLike, Sequence[PathLike]], download: Optional[bool]) -> List[str]:
-    if isinstance(model, (str, os.PathLike)):
-        return [os.fspath(resolve_model(os.fspath(model), download=download))]
-    paths = [os.fspath(p) for p in model]
-    if not paths:
-        raise SpectrumError("no model path given")
-    return paths
 
 
 def scan(
@@ -49,15 +49,15 @@ def scan(
     types: Union[None, str, Iterable[str]] = None,
     exclude: Union[None, str, Iterable[str]] = None,
     include_1d: bool = False,
-    top_percent: float = 25.0,
-    device: Any = "auto",
-    method: str = "gram",
-    dtype: str = "auto",
-    no_noise: str = "one",
+    top_percent: float = DEFAULT_TOP_PERCENT,
+    device: DeviceSpec = "auto",
+    method: Method = "gram",
+    dtype: Dtype = "auto",
+    no_noise: NoNoise = "one",
     window_bytes: int = DEFAULT_WINDOW_BYTES,
     name: Optional[str] = None,
     progress: Union[bool, Callable[..., None]] = False,
-    checkpoint: Union[None, str, "os.PathLike[str]"] = None,
+    checkpoint: Optional[PathLike] = None,
     download: Optional[bool] = None,
     distributed_scan: bool = False,
 ) -> ScanResult:
@@ -79,9 +79,9 @@ def scan(
         dtype: precision of the Gram matrix (its eigenvalues are always computed in
             float64). ``"auto"`` (default): float32, formed again in float64 for a matrix
             where an a-posteriori bound says float32 rounding could move the SNR by 5e-5
-            or more (SPEC §2 allows 1e-4); ``"float32"`` or ``"float64"`` force one
-            (float32 alone misses the bound on matrices with strong outliers or many zero
-            singular values).
+            or more (docs/method.md §2 asks for 1e-4); ``"float32"`` or ``"float64"`` force
+            one (float32 alone misses the bound on matrices with strong outliers or many
+            zero singular values).
         no_noise: ``"one"`` (current reference: noise 1.0 when no value is below the
             threshold) or ``"inf"`` (older reference versions: SNR ``Infinity``).
         window_bytes: host bytes the reader may queue ahead of the worker.
@@ -97,122 +97,46 @@ def scan(
             group that is up (``torchrun``): every rank must call ``scan`` with the same
             arguments; each scans a cost-balanced share and every rank returns the whole,
             identical result. An error on any rank is raised on all of them.
+
+    Raises:
+        SpectrumError: (a ``ValueError``) for every problem with the input, naming the file;
+            its subclasses ``ModelFileError``, ``UnsupportedLayoutError`` and
+            ``CheckpointMismatchError`` say which kind.
+        ScanInterrupted: on Ctrl-C, carrying the layers finished so far.
     """
-    if no_noise not in ("one", "inf"):
-        raise ValueError(f"no_noise must be 'one' or 'inf', got {no_noise!r}")
-    if not (0 <= float(top_percent) <= 100):
-        raise ValueError(f"top_percent must be between 0 and 100, got {top_percent}")
-    paths = _model_paths(model, download)
-    rank_world = distributed.active() if distributed_scan else None
-    devices, threads = plan_workers(distributed.local_device(device) if rank_world else device)
-    workers = make_workers(devices, method, dtype)
-    config = read_config(_model_folder(paths))
-    catalog = _core.Catalog(paths, scale_block=fp8_scale_block(config))
-    layers = catalog.layers()
-    chosen = catalog.select(_as_list(types), _as_list(exclude), include_1d)
-    # A tied head has no tensor of its own: its numbers are the embedding's, which is
-    # scanned for it even when the embedding's own type was not asked for.
-    tied_source = _tied_head_source(config, layers, types, exclude)
-    hidden = set()
-    if tied_source is not None and tied_source not in chosen:
-        hidden.add(tied_source)
-        chosen = sorted(chosen + [tied_source])
-    if not chosen:
-        raise SpectrumError(f"{paths[0]}: no layer matches the requested types "
-                            f"(types={_as_list(types) or 'all'}, exclude={_as_list(exclude)})")
-    mine = chosen
-    if rank_world is not None:
-        rank, world = rank_world
-        costs = [(i, distributed.layer_cost(layers[i]["rows"], layers[i]["cols"])) for i in chosen]
-        mine = distributed.shares(costs, world)[rank]
-        if checkpoint is not None:
-            checkpoint = f"{os.fspath(checkpoint)}.rank{rank}-of-{world}"
-    ck = None
-    if checkpoint is not None:
-        checkpoint = Path(checkpoint)
-        ck = Checkpoint(checkpoint, identity(catalog.files()),
-                        _numbers_settings(method, dtype, no_noise, [layers[i]["name"] for i in mine]))
-    if name is not None:
-        model_name = name
-    elif isinstance(model, (str, os.PathLike)):
-        model_name = default_name(os.fspath(model))
-    else:
-        model_name = os.path.commonpath(paths)
+    check_choice("no_noise", no_noise, NO_NOISE)
+    check_method_dtype(method, dtype)
+    request = _Request(
+        types=as_list(types),
+        exclude=as_list(exclude),
+        include_1d=include_1d,
+        top_percent=check_top_percent(top_percent),
+        method=method,
+        dtype=dtype,
+        no_noise=no_noise,
+    )
+    paths = _resolve(model, download)
+    plan = _plan(paths, request, device, checkpoint, distributed_scan)
+    model_name = name if name is not None else _default_name(model, paths)
     start = time.perf_counter()
     results: Dict[int, LayerResult] = {}
-    resumed = [0]
-
-    def result(records_by_index: Dict[int, LayerResult]) -> ScanResult:
-        records = [records_by_index[i] for i in sorted(records_by_index) if i not in hidden]
-        if tied_source is not None and tied_source in records_by_index:
-            src = records_by_index[tied_source]
-            records.append(dataclasses.replace(src, name="lm_head", type="lm_head", tied_to=src.name))
-            records = [records[i] for i in _core.natural_order([r.name for r in records])]
-        settings = {
-            "method": method, "dtype": dtype, "device": _describe(workers),
-            "no_noise": no_noise, "include_1d": include_1d, "types": _as_list(types),
-            "exclude": _as_list(exclude), "seconds": round(time.perf_counter() - start, 3),
-            "resumed_layers": resumed[0], "processes": rank_world[1] if rank_world else 1,
-            "checkpoint": os.fspath(checkpoint) if checkpoint is not None else None,
-            "model_path": paths[0] if len(paths) == 1 else paths,
-        }
-        embeddings = embedding_names(layer["name"] for layer in layers)
-        if tied_source is not None:
-            embeddings.append("lm_head")
-        return ScanResult(model_name=model_name, layers=records, top_percent=float(top_percent),
-                          settings=settings, embeddings=embeddings)
-
-    show = progress if rank_world is None or rank_world[0] == 0 else False
+    resumed = 0
     error: Optional[Exception] = None
     try:
-        with limit_blas_threads(threads):
-            resumed[0] = _scan_share(catalog, layers, mine, workers, no_noise, window_bytes, show, ck, results)
+        resumed = _resume(plan, results)
+        show = progress if plan.rank_world is None or plan.rank_world[0] == 0 else False
+        _stream(plan, results, request.no_noise, window_bytes, show)
     except KeyboardInterrupt:
         # Nothing computed is lost: the layers finished so far travel with the exception
         # (and are in the checkpoint, when there is one).
-        raise ScanInterrupted(result(dict(results))) from None
+        raise ScanInterrupted(_assemble(plan, request, dict(results), model_name, start, resumed)) from None
     except Exception as e:
-        if rank_world is None:
+        if plan.rank_world is None:
             raise
         error = e  # every rank must reach the gather, or the others wait for ever
-    if rank_world is not None:
+    if plan.rank_world is not None:
         results = distributed.gather(results, error)
-    return result(results)
-
-
-def _scan_share(catalog: Any, layers: List[dict], mine: List[int], workers: List[Worker],
-                no_noise: str, window_bytes: int, progress: Any, ck: Optional[Checkpoint],
-                results: Dict[int, LayerResult]) -> int:
-    """Scans this process's layers into ``results``, skipping those the checkpoint holds;
-    returns how many came from the checkpoint."""
-    if ck is not None:
-        done = ck.load()
-        results.update({i: done[layers[i]["name"]] for i in mine if layers[i]["name"] in done})
-        ck.open()
-    try:
-        todo = [i for i in mine if i not in results]
-        bar = Progress(progress, total_layers=len(mine), total_bytes=sum(layers[i]["nbytes"] for i in mine),
-                       done_layers=len(results), done_bytes=sum(layers[i]["nbytes"] for i in results))
-
-        def finished(index: int, record: LayerResult) -> None:
-            if ck is not None:
-                ck.add(record)
-            results[index] = record
-            bar.update(record.name, layers[index]["nbytes"])
-
-        try:
-            stream = catalog.stream(todo, window_bytes=max(int(window_bytes), 1),
-                                    raw=all(w.wants_raw for w in workers))
-            try:
-                pipeline.run(stream, workers, layers, no_noise, finished)
-            finally:
-                stream.close()
-        finally:
-            bar.close()
-    finally:
-        if ck is not None:
-            ck.close()
-    return len(mine) - len(todo)
+    return _assemble(plan, request, results, model_name, start, resumed)
 
 
 class ScanInterrupted(KeyboardInterrupt):
@@ -223,6 +147,184 @@ class ScanInterrupted(KeyboardInterrupt):
         self.partial = partial
 
 
+@dataclasses.dataclass(frozen=True)
+class _Request:
+    """What the caller asked for, checked."""
+
+    types: List[str]
+    exclude: List[str]
+    include_1d: bool
+    top_percent: float
+    method: str
+    dtype: str
+    no_noise: str
+
+
+@dataclasses.dataclass
+class _Plan:
+    """The work of one process: every layer of the model, the indices it scans (``mine``,
+    a share of ``chosen`` under torchrun), the workers, and the checkpoint."""
+
+    paths: List[str]
+    catalog: _core.Catalog
+    layers: List[_core.LayerInfo]
+    mine: List[int]
+    #: A tied head has no tensor of its own: its numbers are the embedding's (this index),
+    #: scanned for it even when the embedding's own type was not asked for (then ``hidden``).
+    tied_source: Optional[int]
+    hidden: Set[int]
+    workers: List[Worker]
+    threads: Optional[int]
+    rank_world: Optional[Tuple[int, int]]
+    checkpoint: Optional[Checkpoint]
+
+
+def _resolve(model: Union[PathLike, Sequence[PathLike]], download: Optional[bool]) -> List[str]:
+    """Step 1: the model's files (a folder, an index, files, or a cached hub id)."""
+    if isinstance(model, (str, os.PathLike)):
+        return [os.fspath(resolve_model(os.fspath(model), download=download))]
+    paths = [os.fspath(p) for p in model]
+    if not paths:
+        raise SpectrumError("no model path given")
+    return paths
+
+
+def _plan(
+    paths: List[str], request: _Request, device: Any, checkpoint: Optional[PathLike], distributed_scan: bool
+) -> _Plan:
+    """Step 2: open the catalog, pick the layers to scan and this process's share, make the
+    workers, and open (not yet read) the checkpoint."""
+    rank_world = distributed.active() if distributed_scan else None
+    devices, threads = plan_workers(distributed.local_device(device) if rank_world else device)
+    workers = make_workers(devices, request.method, request.dtype)
+    config = read_config(_model_folder(paths))
+    catalog = _core.Catalog(paths, scale_block=fp8_scale_block(config))
+    layers = catalog.layers()
+    chosen = catalog.select(request.types, request.exclude, request.include_1d)
+    tied_source = _tied_head_source(config, layers, request)
+    hidden = set()
+    if tied_source is not None and tied_source not in chosen:
+        hidden.add(tied_source)
+        chosen = sorted(chosen + [tied_source])
+    if not chosen:
+        raise SpectrumError(
+            f"{paths[0]}: no layer matches the requested types "
+            f"(types={request.types or 'all'}, exclude={request.exclude})"
+        )
+    mine = chosen
+    if rank_world is not None:
+        rank, world = rank_world
+        costs = [(i, distributed.layer_cost(layers[i].rows, layers[i].cols)) for i in chosen]
+        mine = distributed.shares(costs, world)[rank]
+        if checkpoint is not None:
+            checkpoint = rank_path(checkpoint, rank, world)
+    ck = None
+    if checkpoint is not None:
+        ck = Checkpoint(
+            Path(checkpoint), identity(catalog.files()), _numbers_settings(request, [layers[i].name for i in mine])
+        )
+    return _Plan(
+        paths=paths,
+        catalog=catalog,
+        layers=layers,
+        mine=mine,
+        tied_source=tied_source,
+        hidden=hidden,
+        workers=workers,
+        threads=threads,
+        rank_world=rank_world,
+        checkpoint=ck,
+    )
+
+
+def _resume(plan: _Plan, results: Dict[int, LayerResult]) -> int:
+    """Puts the layers the checkpoint already holds into ``results``; returns how many."""
+    if plan.checkpoint is None:
+        return 0
+    done = plan.checkpoint.load()
+    names = {plan.layers[i].name: i for i in plan.mine}
+    results.update({names[n]: rec for n, rec in done.items() if n in names})
+    return len(results)
+
+
+def _stream(plan: _Plan, results: Dict[int, LayerResult], no_noise: str, window_bytes: int, progress: Any) -> None:
+    """Step 3: streams this process's layers that ``results`` lacks through the workers,
+    adding each finished one to ``results`` (and the checkpoint) as soon as it is known."""
+    layers, mine, ck = plan.layers, plan.mine, plan.checkpoint
+    todo = [i for i in mine if i not in results]
+    bar = Progress(
+        progress,
+        total_layers=len(mine),
+        total_bytes=sum(layers[i].nbytes for i in mine),
+        done_layers=len(results),
+        done_bytes=sum(layers[i].nbytes for i in results),
+    )
+
+    def finished(index: int, record: LayerResult) -> None:
+        if ck is not None:
+            ck.add(record)
+        results[index] = record
+        bar.update(record.name, layers[index].nbytes)
+
+    if ck is not None:
+        ck.open()
+    try:
+        with limit_blas_threads(plan.threads):
+            stream = plan.catalog.stream(
+                todo, window_bytes=max(int(window_bytes), 1), raw=all(w.wants_raw for w in plan.workers)
+            )
+            try:
+                pipeline.run(stream, plan.workers, layers, no_noise, finished)
+            finally:
+                stream.close()
+    finally:
+        bar.close()
+        if ck is not None:
+            ck.close()
+
+
+def _assemble(
+    plan: _Plan,
+    request: _Request,
+    records_by_index: Dict[int, LayerResult],
+    model_name: str,
+    start: float,
+    resumed: int,
+) -> ScanResult:
+    """Step 4: the records in model order, the tied head added as a copy of its source."""
+    records = [records_by_index[i] for i in sorted(records_by_index) if i not in plan.hidden]
+    if plan.tied_source is not None and plan.tied_source in records_by_index:
+        src = records_by_index[plan.tied_source]
+        records.append(dataclasses.replace(src, name=HEAD, type=HEAD, tied_to=src.name))
+        records = [records[i] for i in _core.natural_order([r.name for r in records])]
+    settings = {
+        "method": request.method,
+        "dtype": request.dtype,
+        "device": _describe(plan.workers),
+        "no_noise": request.no_noise,
+        "include_1d": request.include_1d,
+        "types": request.types,
+        "exclude": request.exclude,
+        "seconds": round(time.perf_counter() - start, 3),
+        "resumed_layers": resumed,
+        "processes": plan.rank_world[1] if plan.rank_world else 1,
+        "checkpoint": os.fspath(plan.checkpoint.path) if plan.checkpoint is not None else None,
+        "model_path": plan.paths[0] if len(plan.paths) == 1 else plan.paths,
+    }
+    embeddings = embedding_names(layer.name for layer in plan.layers)
+    if plan.tied_source is not None:
+        embeddings.append(HEAD)
+    return ScanResult(
+        model_name=model_name, layers=records, top_percent=request.top_percent, settings=settings, embeddings=embeddings
+    )
+
+
+def _default_name(model: Union[PathLike, Sequence[PathLike]], paths: List[str]) -> str:
+    if isinstance(model, (str, os.PathLike)):
+        return default_name(os.fspath(model))
+    return os.path.commonpath(paths)
+
+
 def _describe(workers: List[Worker]) -> str:
     """``cuda:0, cuda:1`` or ``cpu x2`` (two single-threaded CPU workers)."""
     names = [str(w.device) for w in workers]
@@ -231,13 +333,17 @@ def _describe(workers: List[Worker]) -> str:
     return ", ".join(names)
 
 
-def _numbers_settings(method: str, dtype: str, no_noise: str, names: List[str]) -> dict:
-    """The settings that change a scan's numbers or its set of layers."""
-    import hashlib
-
+def _numbers_settings(request: _Request, names: List[str]) -> Dict[str, Any]:
+    """The settings that change a scan's numbers or its set of layers (the checkpoint
+    refuses to mix results of other settings)."""
     digest = hashlib.sha256("\n".join(names).encode()).hexdigest()
-    return {"method": method, "dtype": dtype, "no_noise": no_noise, "layers": len(names),
-            "layer_names_sha256": digest}
+    return {
+        "method": request.method,
+        "dtype": request.dtype,
+        "no_noise": request.no_noise,
+        "layers": len(names),
+        "layer_names_sha256": digest,
+    }
 
 
 def _model_folder(paths: List[str]) -> Path:
@@ -245,22 +351,21 @@ def _model_folder(paths: List[str]) -> Path:
     return first if first.is_dir() else first.parent
 
 
-def _tied_head_source(config: dict, layers: List[dict], types: Any, exclude: Any) -> Optional[int]:
+def _tied_head_source(config: Dict[str, Any], layers: List[_core.LayerInfo], request: _Request) -> Optional[int]:
     """With tied embeddings (``config.json``) the file holds no ``lm_head.weight``; the
-    reference still lists ``lm_head`` with the embedding's SNR (SPEC §1). Returns the index
-    of the embedding layer to report it from, or None when there is no tied head to
-    report (no tie, a real head, no embedding, or ``lm_head`` not selected)."""
+    reference still lists ``lm_head`` with the embedding's SNR (docs/method.md §1). Returns
+    the index of the embedding layer to report it from, or None when there is no tied head
+    to report (no tie, a real head, no embedding, or ``lm_head`` not selected)."""
     if not ties_embeddings(config):
         return None
-    names = [layer["name"] for layer in layers]
-    if "lm_head" in names:
+    names = [layer.name for layer in layers]
+    if HEAD in names:
         return None
-    source = embedding_source(names)
+    source = input_embedding(names)
     if source is None:
         return None
-    inc, exc = _as_list(types), _as_list(exclude)
-    if inc and not any(_core.layer_matches(p, "lm_head", "lm_head") for p in inc):
+    if request.types and not any(_core.layer_matches(p, HEAD, HEAD) for p in request.types):
         return None
-    if any(_core.layer_matches(p, "lm_head", "lm_head") for p in exc):
+    if any(_core.layer_matches(p, HEAD, HEAD) for p in request.exclude):
         return None
     return names.index(source)

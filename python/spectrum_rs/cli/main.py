@@ -1,0 +1,144 @@
+"""The ``spectrum-rs`` command line: its argument parser and ``main()``, which runs a command
+(:mod:`.commands`) and turns errors into one line and an exit code: 0 success, 1 scan or
+file error, 2 usage error, 130 interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from .._core import __version__
+from ..errors import InternalError, SpectrumError
+from ..options import DTYPES, METHODS, NO_NOISE, check_top_percent
+from .commands import COMMANDS
+
+
+def _percent(text: str) -> float:
+    try:
+        return check_top_percent(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _positive_mb(text: str) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return int(value * (1 << 20))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="spectrum-rs",
+        description="Spectrum layer selection (SNR of every "
+        "weight matrix) for safetensors models, streamed with a Rust core.",
+    )
+    p.add_argument("--version", action="version", version=f"spectrum-rs {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("scan", help="scan a model and write the result files")
+    s.add_argument("model", help="model folder, .safetensors file, index file, or Hugging Face model id")
+    s.add_argument("--top-percent", type=_percent, default=25.0, help="share of each type to select (default 25)")
+    s.add_argument(
+        "--types",
+        nargs="+",
+        default=None,
+        metavar="TYPE",
+        help="layer types, names or globs to scan (default: every matrix)",
+    )
+    s.add_argument("--exclude", nargs="+", default=None, metavar="TYPE", help="types, names or globs to skip")
+    s.add_argument("--include-1d", action="store_true", help="also report 1-D tensors (norms), as the reference does")
+    s.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
+    s.add_argument(
+        "--method", choices=METHODS, default="gram", help="singular values from the Gram matrix (default) or a full SVD"
+    )
+    s.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="auto",
+        help="precision of the Gram matrix: auto (default: float32, float64 where the spectrum "
+        "needs it), float32 or float64",
+    )
+    s.add_argument(
+        "--no-noise",
+        choices=NO_NOISE,
+        default="one",
+        help="SNR when nothing is below the threshold: 'one' (current reference) or 'inf' (older)",
+    )
+    s.add_argument("--out", default=".", help="folder for model_snr_results/ (default: current folder)")
+    s.add_argument("--name", default=None, help="model name in the result file names (default: MODEL as given)")
+    s.add_argument(
+        "--window-mb",
+        type=_positive_mb,
+        default=128,
+        dest="window_bytes",
+        help="host memory for layers read ahead, in MB (default 128)",
+    )
+    s.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="continue an interrupted scan from its checkpoint (default: on)",
+    )
+    s.add_argument(
+        "--download",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="download a model id missing from the Hugging Face cache (default: on)",
+    )
+    s.add_argument(
+        "--no-embeddings",
+        dest="embeddings",
+        action="store_false",
+        help="leave the embedding and head lines out of the YAML",
+    )
+    s.add_argument("--strict-yaml", action="store_true", help="write escaped, anchored regexes in the YAML")
+    s.add_argument("--quiet", "-q", action="store_true", help="no progress and no summary")
+
+    sel = sub.add_parser("select", help="select layers from an existing results file")
+    sel.add_argument("results", help="a results JSON (ours or the reference tool's, either shape)")
+    sel.add_argument("--top-percent", type=_percent, default=25.0)
+    sel.add_argument(
+        "--format",
+        choices=["yaml", "json", "peft", "names"],
+        default="yaml",
+        help="yaml: unfrozen_parameters; json: {type: [layers]}; peft: {target_modules: [...]}; "
+        "names: one layer per line",
+    )
+    sel.add_argument("--no-embeddings", dest="embeddings", action="store_false")
+    sel.add_argument("--strict-yaml", action="store_true")
+    sel.add_argument("-o", "--output", default=None, help="write here instead of standard output")
+
+    sh = sub.add_parser("show", help="print a results file as a table per type")
+    sh.add_argument("results")
+    sh.add_argument("--top-percent", type=_percent, default=25.0)
+
+    pl = sub.add_parser("plot", help="draw an SNR heatmap (layer index x type)")
+    pl.add_argument("results")
+    pl.add_argument("-o", "--output", required=True, help="PNG file to write")
+    pl.add_argument("--top-percent", type=_percent, default=25.0)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("spectrum-rs: interrupted", file=sys.stderr)
+        return 130
+    except (SpectrumError, ValueError, OSError) as e:
+        if args.debug:
+            raise
+        print(f"spectrum-rs: error: {e}", file=sys.stderr)
+        return 1
+    except InternalError as e:
+        if args.debug:
+            raise
+        print(f"spectrum-rs: internal error: {e} (a bug: rerun with --debug and report the traceback)", file=sys.stderr)
+        return 1

@@ -1,0 +1,1 @@
+"""Files other tools read: the reference tool's result files (:mod:`.reference_files`)."""
