@@ -85,7 +85,9 @@ def scan(
         no_noise: ``"one"`` (current reference: noise 1.0 when no value is below the
             threshold) or ``"inf"`` (older reference versions: SNR ``Infinity``).
         window_bytes: host bytes the reader may queue ahead of the worker.
-        name: model name used in result file names (default: ``model`` as given).
+        name: model name used in result file names. Default: a Hugging Face id as given; for
+            a local folder, the Hub id its ``config.json`` records (``_name_or_path``) or
+            else the folder's name. Axolotl finds the results file by the name it trains.
         progress: show a progress bar on stderr, or a callable
             ``progress(done_layers, total_layers, done_bytes, total_bytes, layer_name)``.
         checkpoint: a file to append each finished layer to (fsynced); when it exists

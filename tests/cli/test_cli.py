@@ -63,11 +63,15 @@ def test_scan_never_prompts_and_prints_plain_progress_in_a_log(scanned):
     assert "\r" not in p.stderr
 
 
-def test_quiet_prints_nothing(tmp_path):
+def test_quiet_prints_only_where_the_files_went(tmp_path):
     model = llama_like(tmp_path / "m", layers=1)
-    p = run("scan", model, "--quiet", "--out", tmp_path / "o")
-    assert p.stderr == "" and p.stdout == ""
-    assert len(list((tmp_path / "o" / "model_snr_results").iterdir())) == 3
+    p = run("scan", model, "--quiet", "--out", tmp_path / "o", "--name", "org/m")
+    written = sorted((tmp_path / "o" / "model_snr_results").iterdir())
+    assert len(written) == 3 and p.stdout == ""
+    assert p.stderr.splitlines() == [
+        f"spectrum-rs: wrote {tmp_path / 'o' / 'model_snr_results' / 'snr_results_org-m.json'} "
+        f"and its _sorted.json and .yaml"
+    ]
 
 
 def test_select_reselects_without_rescanning(scanned):
@@ -170,10 +174,14 @@ def test_bad_arguments_exit_2(args):
 def test_missing_model_is_one_line_and_exit_1(tmp_path):
     p = run("scan", tmp_path / "nope", check=False, cwd=tmp_path)
     assert p.returncode == 1
-    assert p.stderr.strip().splitlines() == [f"spectrum-rs: error: {tmp_path / 'nope'}: no such file or directory"]
+    assert p.stderr.strip().splitlines() == [
+        f"spectrum-rs: error: {tmp_path / 'nope'}: no such file or directory (--debug shows the traceback)"
+    ]
     assert "Traceback" not in p.stderr
     p = run("--debug", "scan", tmp_path / "nope", check=False, cwd=tmp_path)
     assert "Traceback" in p.stderr
+    p = run("scan", tmp_path / "nope", "--debug", check=False, cwd=tmp_path)  # after the command too
+    assert "Traceback" in p.stderr and p.returncode == 1
 
 
 def test_broken_results_file_is_one_line_and_exit_1(tmp_path):

@@ -64,7 +64,7 @@ def test_missing_model_id_says_it_is_not_cached_and_offline(tmp_path):
     assert p.returncode == 1
     assert p.stderr.strip() == (
         f"spectrum-rs: error: acme/absent-model: not a local path, and not in the "
-        f"Hugging Face cache {cache}; downloading is disabled (HF_HUB_OFFLINE is set)"
+        f"Hugging Face cache {cache}; downloading is disabled (HF_HUB_OFFLINE is set) (--debug shows the traceback)"
     )
 
 

@@ -94,7 +94,7 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert "interrupted" in err and "Run the same command again to resume" in err and str(ck) in err
+    assert "interrupted" in err and "To resume: spectrum-rs scan" in err and str(ck) in err
     assert "Traceback" not in err
     kept = ck.read_text().count("\n") - 1
     assert 2 <= kept < 12

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Set
+
+from ..errors import SpectrumError
 
 
 def _say(quiet: bool, text: str) -> None:
@@ -27,13 +30,18 @@ def _peak_rss_bytes() -> int:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
+    from ..model.source import default_name, resolve_model
     from ..run import distributed
     from ..run.checkpoint import checkpoint_path, finished_layers, rank_path
     from ..scan import scan
 
     rank_world = distributed.init_from_env()  # under torchrun: one share of the layers per rank
     lead = rank_world is None or rank_world[0] == 0
-    name = args.name or args.model
+    path = resolve_model(args.model, download=args.download)
+    name = args.name or default_name(args.model)
+    if args.name is None and lead and name != args.model:
+        _say(args.quiet, f"spectrum-rs: result files are named for {name!r} (--name to choose another)")
+    existing = _results_file(args.out, name, args.top_percent)
     checkpoint = checkpoint_path(args.out, name)
     own = checkpoint if rank_world is None else rank_path(checkpoint, *rank_world)
     if not args.resume:
@@ -42,7 +50,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         result = scan(
-            args.model,
+            str(path),
             types=args.types,
             exclude=args.exclude,
             include_1d=args.include_1d,
@@ -59,21 +67,27 @@ def cmd_scan(args: argparse.Namespace) -> int:
             distributed_scan=rank_world is not None,
         )
     except KeyboardInterrupt:
+        again = ["spectrum-rs", *(a for a in args.argv if a not in ("--no-resume", "--resume"))]
         print(
             f"spectrum-rs: interrupted; {finished_layers(own)} finished layers are kept in {own}. "
-            f"Run the same command again to resume.",
+            f"To resume: {shlex.join(again)}",
             file=sys.stderr,
         )
         return 130
     st = result.settings
     paths = {}
     if lead:
+        if existing.exists() and not args.overwrite:
+            _refuse_to_drop_layers(existing, {layer.name for layer in result})  # before the checkpoint goes
         paths = result.save(args.out, args.top_percent, name=name, embeddings=args.embeddings, strict=args.strict_yaml)
     if rank_world is not None:
         distributed.finish()  # every rank's checkpoint stays until the files are written
     if st.get("checkpoint"):
         Path(st["checkpoint"]).unlink(missing_ok=True)
     if not lead:
+        return 0
+    if args.quiet:
+        print(f"spectrum-rs: wrote {paths['results']} and its _sorted.json and .yaml", file=sys.stderr, flush=True)
         return 0
     procs = f" in {st['processes']} processes" if st["processes"] > 1 else ""
     _say(
@@ -85,6 +99,32 @@ def cmd_scan(args: argparse.Namespace) -> int:
     for p in paths.values():
         _say(args.quiet, f"  wrote {p}")
     return 0
+
+
+def _results_file(out: str, name: str, top_percent: float) -> Path:
+    from ..io.reference_files import RESULTS_DIR, file_names
+
+    return Path(out) / RESULTS_DIR / file_names(name, top_percent)["results"]
+
+
+def _refuse_to_drop_layers(existing: Path, scanned: Set[str]) -> None:
+    """A finished result is never lost silently: refuses to replace a results file that
+    holds layers this scan does not."""
+    from ..results import ScanResult
+
+    try:
+        before = {layer.name for layer in ScanResult.load(existing)}
+    except SpectrumError:
+        return  # not a results file we can read: it holds nothing to keep
+    dropped = sorted(before - scanned)
+    if dropped:
+        raise SpectrumError(
+            f"{existing} holds {len(dropped)} layers this scan does not ({', '.join(dropped[:3])}"
+            f"{', ...' if len(dropped) > 3 else ''}); refusing to replace it. This scan is kept in its "
+            f"checkpoint: rerun the same command with --overwrite to write it at once, or with another --out "
+            f"or --name",
+            path=str(existing),
+        )
 
 
 def _emit(text: str, output: Optional[str]) -> None:
@@ -118,18 +158,51 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     result = ScanResult.load(args.results)
     chosen = set(result.select(args.top_percent))
+    # What the YAML unfreezes whatever the SNR (unless --no-embeddings): show says the same.
+    always = set(result.embedding_layers()) if args.embeddings else set()
+    ranked = result.ranked()
+    if args.summary or (args.summary is None and len(result) > SHOW_FULL_UP_TO):
+        sys.stdout.write(_summary(result, ranked, chosen, always, args.top_percent))
+        return 0
     width = max((len(layer.name) for layer in result), default=5)
     out = []
-    for t, layers in result.ranked().items():
+    for t, layers in ranked.items():
         k = sum(1 for layer in layers if layer.name in chosen)
-        out.append(f"{t}  ({k} of {len(layers)} selected at {args.top_percent:g}%)")
-        out.append(f"  {'rank':>4}  {'layer':<{width}}  {'snr':>12}  selected")
+        fixed = sum(1 for layer in layers if layer.name in always and layer.name not in chosen)
+        note = f"; {fixed} more trained as embedding/head" if fixed else ""
+        out.append(f"{t}  ({k} of {len(layers)} selected at {args.top_percent:g}%{note})")
+        out.append(f"  {'rank':>4}  {'layer':<{width}}  {'snr':>12}  trained")
         for rank, layer in enumerate(layers, 1):
-            mark = "yes" if layer.name in chosen else ""
+            mark = "yes" if layer.name in chosen else "yes (embedding/head)" if layer.name in always else ""
             out.append(f"  {rank:>4}  {layer.name:<{width}}  {layer.snr:>12.6g}  {mark}")
         out.append("")
     sys.stdout.write("\n".join(out))
     return 0
+
+
+#: ``show`` prints every layer up to this many; a larger result is summarised per type.
+SHOW_FULL_UP_TO = 300
+
+
+def _summary(result: Any, ranked: Dict[str, List[Any]], chosen: Set[str], always: Set[str], pct: float) -> str:
+    """One line per type: how many layers, how many trained, the SNR range and the best
+    layers; fits a screen for a 47,000-layer MoE result with a few dozen types."""
+    import math
+    import statistics
+
+    width = max((len(t) for t in ranked), default=4)
+    out = [
+        f"{result.model_name}: {len(result)} layers in {len(ranked)} types; top {pct:g}% of each type "
+        f"(--full lists every layer)",
+        f"  {'type':<{width}}  {'layers':>6}  {'trained':>7}  {'snr min':>10}  {'median':>10}  {'max':>10}  best",
+    ]
+    for t, layers in ranked.items():
+        snrs = [float(layer.snr) for layer in layers if not math.isnan(float(layer.snr))]
+        k = sum(1 for layer in layers if layer.name in chosen or layer.name in always)
+        lo, mid, hi = (min(snrs), statistics.median(snrs), max(snrs)) if snrs else (math.nan,) * 3
+        best = ", ".join(layer.name for layer in layers[:2]) + (", ..." if len(layers) > 2 else "")
+        out.append(f"  {t:<{width}}  {len(layers):>6}  {k:>7}  {lo:>10.4g}  {mid:>10.4g}  {hi:>10.4g}  {best}")
+    return "\n".join(out) + "\n"
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

@@ -32,18 +32,22 @@ def _positive_mb(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # --debug is accepted before or after the command (`spectrum-rs scan X --debug`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
     p = argparse.ArgumentParser(
         prog="spectrum-rs",
-        description="Spectrum layer selection (SNR of every "
-        "weight matrix) for safetensors models, streamed with a Rust core.",
+        description="Spectrum layer selection (SNR of every weight matrix) for safetensors models, "
+        "streamed with a Rust core.",
     )
     p.add_argument("--version", action="version", version=f"spectrum-rs {__version__}")
-    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("--debug", action="store_true", default=False, help="show tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    pct_help = "share of each layer type to select, in percent (default 25; 0.5 means half a percent, not half)"
 
-    s = sub.add_parser("scan", help="scan a model and write the result files")
+    s = sub.add_parser("scan", parents=[common], help="scan a model and write the result files")
     s.add_argument("model", help="model folder, .safetensors file, index file, or Hugging Face model id")
-    s.add_argument("--top-percent", type=_percent, default=25.0, help="share of each type to select (default 25)")
+    s.add_argument("--top-percent", type=_percent, default=25.0, metavar="P", help=pct_help)
     s.add_argument(
         "--types",
         nargs="+",
@@ -53,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--exclude", nargs="+", default=None, metavar="TYPE", help="types, names or globs to skip")
     s.add_argument("--include-1d", action="store_true", help="also report 1-D tensors (norms), as the reference does")
-    s.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
+    s.add_argument("--device", default="auto", help="auto (default), cpu, cuda (every GPU) or cuda:N")
     s.add_argument(
         "--method", choices=METHODS, default="gram", help="singular values from the Gram matrix (default) or a full SVD"
     )
@@ -61,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype",
         choices=DTYPES,
         default="auto",
-        help="precision of the Gram matrix: auto (default: float32, float64 where the spectrum "
-        "needs it), float32 or float64",
+        help="precision of the Gram matrix: auto (default: float32, float64 where the spectrum needs it), "
+        "float32 or float64",
     )
     s.add_argument(
         "--no-noise",
@@ -70,14 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
         default="one",
         help="SNR when nothing is below the threshold: 'one' (current reference) or 'inf' (older)",
     )
-    s.add_argument("--out", default=".", help="folder for model_snr_results/ (default: current folder)")
-    s.add_argument("--name", default=None, help="model name in the result file names (default: MODEL as given)")
+    s.add_argument("--out", default=".", metavar="DIR", help="folder for model_snr_results/ (default: current folder)")
+    s.add_argument(
+        "--name",
+        default=None,
+        help="model name in the result file names (default: a Hub id as given; for a folder, the Hub id in its "
+        "config.json, else the folder's name). Axolotl looks for the name it trains with.",
+    )
     s.add_argument(
         "--window-mb",
         type=_positive_mb,
         default=128,
         dest="window_bytes",
-        help="host memory for layers read ahead, in MB (default 128)",
+        metavar="MIB",
+        help="host memory for layers read ahead, in MiB (default 128)",
     )
     s.add_argument(
         "--resume",
@@ -92,17 +102,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="download a model id missing from the Hugging Face cache (default: on)",
     )
     s.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a results file that holds layers this scan does not (a scan restricted by --types "
+        "or --exclude otherwise refuses to)",
+    )
+    s.add_argument(
         "--no-embeddings",
         dest="embeddings",
         action="store_false",
         help="leave the embedding and head lines out of the YAML",
     )
     s.add_argument("--strict-yaml", action="store_true", help="write escaped, anchored regexes in the YAML")
-    s.add_argument("--quiet", "-q", action="store_true", help="no progress and no summary")
+    s.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress bar and no summary: only the line naming the files"
+    )
 
-    sel = sub.add_parser("select", help="select layers from an existing results file")
+    sel = sub.add_parser("select", parents=[common], help="select layers from an existing results file")
     sel.add_argument("results", help="a results JSON (ours or the reference tool's, either shape)")
-    sel.add_argument("--top-percent", type=_percent, default=25.0)
+    sel.add_argument("--top-percent", type=_percent, default=25.0, metavar="P", help=pct_help)
     sel.add_argument(
         "--format",
         choices=["yaml", "json", "peft", "names"],
@@ -110,23 +128,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="yaml: unfrozen_parameters; json: {type: [layers]}; peft: {target_modules: [...]}; "
         "names: one layer per line",
     )
-    sel.add_argument("--no-embeddings", dest="embeddings", action="store_false")
-    sel.add_argument("--strict-yaml", action="store_true")
-    sel.add_argument("-o", "--output", default=None, help="write here instead of standard output")
+    sel.add_argument(
+        "--no-embeddings",
+        dest="embeddings",
+        action="store_false",
+        help="leave the embedding and head lines out of the YAML",
+    )
+    sel.add_argument("--strict-yaml", action="store_true", help="write escaped, anchored regexes in the YAML")
+    sel.add_argument("-o", "--output", default=None, metavar="FILE", help="write here instead of standard output")
 
-    sh = sub.add_parser("show", help="print a results file as a table per type")
-    sh.add_argument("results")
-    sh.add_argument("--top-percent", type=_percent, default=25.0)
+    sh = sub.add_parser("show", parents=[common], help="print a results file as a table per type")
+    sh.add_argument("results", help="a results JSON (ours or the reference tool's, either shape)")
+    sh.add_argument("--top-percent", type=_percent, default=25.0, metavar="P", help=pct_help)
+    sh.add_argument(
+        "--no-embeddings",
+        dest="embeddings",
+        action="store_false",
+        help="do not count embedding and head layers as trained (as the YAML with --no-embeddings)",
+    )
+    view = sh.add_mutually_exclusive_group()
+    view.add_argument(
+        "--full", dest="summary", action="store_false", default=None, help="list every layer (default up to 300 layers)"
+    )
+    view.add_argument(
+        "--summary", dest="summary", action="store_true", help="one line per type (default above 300 layers)"
+    )
 
-    pl = sub.add_parser("plot", help="draw an SNR heatmap (layer index x type)")
-    pl.add_argument("results")
-    pl.add_argument("-o", "--output", required=True, help="PNG file to write")
-    pl.add_argument("--top-percent", type=_percent, default=25.0)
+    pl = sub.add_parser("plot", parents=[common], help="draw an SNR heatmap (layer index x type)")
+    pl.add_argument("results", help="a results JSON (ours or the reference tool's, either shape)")
+    pl.add_argument("-o", "--output", required=True, metavar="PNG", help="PNG file to write")
+    pl.add_argument("--top-percent", type=_percent, default=25.0, metavar="P", help=pct_help)
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # for messages that repeat the command (how to resume)
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
@@ -135,7 +173,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (SpectrumError, ValueError, OSError) as e:
         if args.debug:
             raise
-        print(f"spectrum-rs: error: {e}", file=sys.stderr)
+        print(f"spectrum-rs: error: {e} (--debug shows the traceback)", file=sys.stderr)
         return 1
     except InternalError as e:
         if args.debug:

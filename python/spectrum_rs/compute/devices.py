@@ -34,7 +34,12 @@ _warned_no_torch = False
 
 
 def _torch_installed() -> bool:
-    return "torch" in sys.modules or importlib.util.find_spec("torch") is not None
+    if sys.modules.get("torch") is not None:
+        return True
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # a broken or blocked install
+        return False
 
 
 def _cuda_count(asked: Optional[str] = None) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import ModelFileError, SpectrumError
+from .config import read_config
 
 #: What a download fetches: nothing but what a scan reads.
 ALLOW_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json"]
@@ -58,11 +59,18 @@ def resolve_model(spec: str, *, download: Optional[bool] = None, revision: Optio
             else "downloading is disabled (HF_HUB_OFFLINE is set)"
         )
         raise SpectrumError(f"{spec}: not a local path, and {where}; {why}")
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
     try:
         path = Path(snapshot_download(spec, revision=revision, allow_patterns=ALLOW_PATTERNS))
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        raise SpectrumError(
+            f"{spec}: not a local path, {where}, and no model {spec!r} on the Hugging Face Hub "
+            f"(or it is private: log in with `hf auth login`)"
+        ) from None
     except Exception as e:
         raise SpectrumError(
-            f"{spec}: not a local path, {where}, and downloading it failed ({type(e).__name__}: {e})"
+            f"{spec}: not a local path, {where}, and the Hub could not be asked for it ({_first_line(e)})"
         ) from None
     if not _has_weights(path):
         raise SpectrumError(f"{spec}: the model on the Hub has no .safetensors weights (downloaded to {path})")
@@ -83,7 +91,31 @@ def _has_weights(folder: Path) -> bool:
     return any(folder.glob("*.safetensors"))
 
 
+def _first_line(e: BaseException) -> str:
+    """An exception in one line: the Hub's messages run over several."""
+    text = " ".join(str(e).split("\n")[:1]).strip()
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+_CACHE_SNAPSHOT = re.compile(r"^models--(?P<org>[^/]+?)--(?P<name>[^/]+)$")
+
+
 def default_name(spec: str) -> str:
-    """The model name used in result file names: what the user typed, as the reference
-    tool does (``org/name`` -> ``snr_results_org-name.json``)."""
-    return os.fspath(spec)
+    """The model name for result file names when none is given (``--name``): a Hugging
+    Face id as typed (``org/name`` -> ``snr_results_org-name.json``, what Axolotl looks for
+    when it trains ``org/name``); for a local folder (or a file's folder), the id its
+    ``config.json`` records in ``_name_or_path`` when that is a Hub id, the id a Hugging
+    Face cache snapshot folder stands for, or else the folder's own name."""
+    local = Path(spec).expanduser()
+    if not local.exists():
+        return os.fspath(spec)  # a Hub id, as given
+    folder = local if local.is_dir() else local.parent
+    folder = folder.resolve()
+    recorded = read_config(folder).get("_name_or_path")
+    if isinstance(recorded, str) and "/" in recorded and looks_like_repo_id(recorded) and not Path(recorded).exists():
+        return recorded
+    if folder.parent.name == "snapshots":
+        m = _CACHE_SNAPSHOT.match(folder.parent.parent.name)
+        if m:
+            return f"{m.group('org')}/{m.group('name')}"
+    return folder.name or os.fspath(spec)

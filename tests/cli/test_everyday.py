@@ -1,0 +1,135 @@
+"""Everyday use as a newcomer meets it: default result names, never losing a finished
+result, `show` agreeing with the YAML, messages about devices and torch, `--debug` where
+users put it. Subprocesses of the real CLI on real safetensors files."""
+
+import json
+import subprocess
+import sys
+
+import torch
+
+import spectrum_rs
+from helpers.cli import run_cli as run
+from helpers.models import cast, write_single
+
+
+def tiny(folder, layers=4, hidden=32, config=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    t = {
+        "model.embed_tokens.weight": torch.randn(64, hidden, generator=g),
+        "lm_head.weight": torch.randn(64, hidden, generator=g),
+    }
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        t[p + "self_attn.q_proj.weight"] = torch.randn(hidden, hidden, generator=g)
+        t[p + "mlp.up_proj.weight"] = torch.randn(2 * hidden, hidden, generator=g) * (1 + i)
+    return write_single(folder, cast(t, "BF16"), config=config)
+
+
+def results_names(out):
+    return sorted(p.name for p in (out / "model_snr_results").iterdir())
+
+
+def test_a_folder_is_named_by_the_hub_id_its_config_records(tmp_path):
+    model = tiny(tmp_path / "checkpoint-500", config={"_name_or_path": "acme/Tiny-7B", "model_type": "llama"})
+    run("scan", model, "--out", tmp_path / "o")
+    assert "snr_results_acme-Tiny-7B.json" in results_names(tmp_path / "o")
+
+
+def test_a_folder_without_a_hub_id_is_named_by_the_folder(tmp_path):
+    model = tiny(tmp_path / "my_model", config={"_name_or_path": "/home/me/train/out", "model_type": "llama"})
+    p = run("scan", model, "--out", tmp_path / "o")
+    assert "snr_results_my-model.json" in results_names(tmp_path / "o")
+    assert "--name" in p.stderr  # says how the name came about, and how to choose another
+
+
+def test_a_restricted_scan_never_replaces_a_fuller_result_silently(tmp_path):
+    model = tiny(tmp_path / "m")
+    out = tmp_path / "o"
+    run("scan", model, "--out", out, "--name", "m")
+    full = out / "model_snr_results" / "snr_results_m.json"
+    before = full.read_bytes()
+    p = run("scan", model, "--out", out, "--name", "m", "--types", "mlp.up_proj", check=False)
+    assert p.returncode == 1
+    assert "--overwrite" in p.stderr and str(full) in p.stderr
+    assert full.read_bytes() == before  # untouched
+    # With --overwrite the restricted scan is written (from the
+    # checkpoint the refused run kept: nothing is computed twice).
+    p = run("scan", model, "--out", out, "--name", "m", "--types", "mlp.up_proj", "--overwrite")
+    assert "4 from the checkpoint" in p.stderr
+    assert sorted(json.loads(full.read_text())) == [f"model.layers.{i}.mlp.up_proj" for i in range(4)]
+    # Rerunning that restricted scan over its own result is fine: nothing is dropped.
+    run("scan", model, "--out", out, "--name", "m", "--types", "mlp.up_proj")
+
+
+def test_show_agrees_with_the_yaml_about_embeddings_and_head(tmp_path):
+    model = tiny(tmp_path / "m")
+    run("scan", model, "--out", tmp_path, "--name", "m")
+    results = tmp_path / "model_snr_results" / "snr_results_m.json"
+    yaml_text = (tmp_path / "model_snr_results" / "snr_results_m_unfrozenparameters_25percent.yaml").read_text()
+    assert "- ^lm_head.weight$" in yaml_text
+    out = run("show", results).stdout
+    head_rows = [line for line in out.splitlines() if line.strip().split()[1:2] == ["lm_head"]]
+    assert head_rows and head_rows[0].rstrip().endswith("yes (embedding/head)")
+    out = run("show", results, "--no-embeddings").stdout
+    head_rows = [line for line in out.splitlines() if line.strip().split()[1:2] == ["lm_head"]]
+    assert "yes" not in head_rows[0]
+
+
+def test_show_summarises_a_large_result_per_type(tmp_path):
+    layers = [
+        spectrum_rs.LayerResult(
+            name=f"model.layers.{i // 64}.mlp.experts.{i % 64}.down_proj", type="mlp.experts.*.down_proj", snr=float(i)
+        )
+        for i in range(4000)
+    ]
+    layers.append(spectrum_rs.LayerResult(name="lm_head", type="lm_head", snr=1.0))
+    paths = spectrum_rs.ScanResult(model_name="moe", layers=layers).save(tmp_path, name="moe")
+    out = run("show", paths["results"]).stdout.splitlines()
+    assert len(out) <= 10  # a screenful
+    row = next(line for line in out if line.strip().startswith("mlp.experts.*.down_proj"))
+    assert row.split()[1:3] == ["4000", "1000"]  # layers, trained at 25 %
+    assert len(run("show", paths["results"], "--full").stdout.splitlines()) > 4000
+
+
+def test_an_unknown_device_is_refused_without_importing_torch(tmp_path):
+    model = tiny(tmp_path / "m", layers=1)
+    code = (
+        "import sys, spectrum_rs\n"
+        "try:\n"
+        f"    spectrum_rs.scan({str(model)!r}, device='gpu')\n"
+        "except ValueError as e:\n"
+        "    print(e)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    message, imported = p.stdout.strip().splitlines()
+    assert "unknown device 'gpu'" in message and "cuda:N" in message
+    assert imported == "False"
+
+
+def test_cuda_without_torch_says_how_to_install_it(tmp_path):
+    model = tiny(tmp_path / "m", layers=1)
+    # torch is installed here: hide it from this one process, as on a machine without it.
+    code = (
+        "import importlib.util as u, sys\n"
+        "real = u.find_spec\n"
+        "u.find_spec = lambda name, *a: None if name == 'torch' else real(name, *a)\n"
+        "import spectrum_rs\n"
+        "try:\n"
+        f"    spectrum_rs.scan({str(model)!r}, device='cuda')\n"
+        "except ValueError as e:\n"
+        "    print(e)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "needs torch, which is not installed" in p.stdout and "pip install" in p.stdout
+
+
+def test_the_version_is_the_crates(tmp_path):
+    from pathlib import Path
+
+    import tomllib  # Python 3.11+, which the tests run on
+
+    cargo = tomllib.loads((Path(__file__).parents[2] / "Cargo.toml").read_text())
+    assert spectrum_rs.__version__ == cargo["package"]["version"]
+    assert run("--version").stdout.strip() == f"spectrum-rs {spectrum_rs.__version__}"
