@@ -72,7 +72,7 @@ def test_a_terminal_gets_a_bar_and_a_log_gets_plain_lines():
     plain.update("b", 1024)
     lines = log.getvalue().splitlines()
     assert "\r" not in log.getvalue()
-    assert lines[-1].startswith("spectrum-rs: 2/2 layers, 2.0 KB/2.0 KB (100%)") and lines[-1].endswith("at b")
+    assert lines[-1].startswith("spectrum-rs: 2/2 layers, 2.0 KiB/2.0 KiB (100%)") and lines[-1].endswith("at b")
 
     quiet = io.StringIO()
     Progress(False, total_layers=1, total_bytes=1, stream=quiet).update("a", 1)
