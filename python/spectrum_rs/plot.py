@@ -1,5 +1,7 @@
-"""The SNR heatmap: layer index on x, layer type on y, selected cells outlined, colour
-scale labelled. Needs matplotlib (the ``plot`` extra)."""
+"""The SNR heatmap: layer index on x, layer type on y, selected cells outlined. Colours are
+scaled per type (each row relative to the best layer of its type), because Spectrum ranks
+layers within a type and types differ by orders of magnitude: one shared scale let the
+embeddings (SNR ~100) turn every attention row dark. Needs matplotlib (the ``plot`` extra)."""
 
 from __future__ import annotations
 
@@ -26,11 +28,15 @@ def plot_snr(result: ScanResult, path: Union[str, Path], top_percent: Optional[f
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        from matplotlib.patches import Rectangle
+        from matplotlib.patches import Patch, Rectangle
     except ImportError:
-        raise SpectrumError("plotting needs matplotlib: pip install 'spectrum-rs[plot]'") from None
+        raise SpectrumError(
+            "plotting needs matplotlib: pip install matplotlib (or the extra: '.[plot]' from a checkout, "
+            "'spectrum-rs[plot]' from a package index)"
+        ) from None
     import numpy as np
 
+    pct = result.top_percent if top_percent is None else top_percent
     selected = set(result.select(top_percent))
     types = result.types
     cells: Dict[Tuple[int, int], Tuple[float, bool]] = {}
@@ -51,26 +57,33 @@ def plot_snr(result: ScanResult, path: Union[str, Path], top_percent: Optional[f
     grid = np.full((len(types), max(ncols, 1)), np.nan)
     for (y, x), (snr, _) in cells.items():
         grid[y, x] = snr if math.isfinite(snr) else np.nan
-    finite = grid[np.isfinite(grid)]
+    # Each row relative to the best layer of its type: the order that selection uses.
+    best = np.array([np.nanmax(row) if np.isfinite(row).any() else np.nan for row in grid])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        relative = grid / best[:, None]
     width = min(max(6.0, 0.16 * ncols + 4.0), 40.0)
     height = min(max(3.0, 0.4 * len(types) + 1.8), 30.0)
     fig, ax = plt.subplots(figsize=(width, height), dpi=dpi, layout="constrained")
     cmap = matplotlib.colormaps["viridis"].copy()
     cmap.set_bad("#dddddd")
-    vmin = float(finite.min()) if finite.size else 0.0
-    vmax = float(finite.max()) if finite.size else 1.0
-    # SNRs of different types differ by orders of magnitude: a log scale keeps both visible.
-    log = finite.size > 0 and vmin > 0 and vmax / vmin > 10
-    norm = (
-        matplotlib.colors.LogNorm(vmin=vmin, vmax=vmax)
-        if log
-        else matplotlib.colors.Normalize(vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1e-12)
-    )
-    im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
+    lowest = np.nanmin(relative) if np.isfinite(relative).any() else 0.0
+    norm = matplotlib.colors.Normalize(vmin=min(float(lowest), 0.999), vmax=1.0)
+    im = ax.imshow(np.ma.masked_invalid(relative), aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
     for (y, x), (_, sel) in cells.items():
         if sel:
             ax.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
     labels = [str(c) for c in columns] + (["other"] if has_other else [])
+    ax.legend(
+        handles=[
+            Patch(facecolor="#dddddd", edgecolor="none", label="no such layer (or NaN)"),
+            Patch(facecolor="none", edgecolor="red", linewidth=1.5, label=f"selected: top {pct:g}% of its type"),
+        ],
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.12 if len(types) > 2 else -0.25),
+        ncol=2,
+        fontsize=7,
+        frameon=False,
+    )
     step = max(1, math.ceil(len(labels) / 40))
     ax.set_xticks(range(0, len(labels), step))
     ax.set_xticklabels(labels[::step], fontsize=7)
@@ -78,10 +91,13 @@ def plot_snr(result: ScanResult, path: Union[str, Path], top_percent: Optional[f
     ax.set_yticklabels(types, fontsize=8)
     ax.set_xlabel("layer index")
     ax.set_ylabel("layer type")
-    pct = result.top_percent if top_percent is None else top_percent
     ax.set_title(f"Spectrum SNR: {result.model_name} (outlined: top {pct:g}% per type)", fontsize=9)
     bar = fig.colorbar(im, ax=ax)
-    bar.set_label("SNR, log scale" if log else "SNR")
+    bar.set_label("SNR / best SNR of its type (1 = best)")
+    # The best SNR of each type, so the absolute values stay readable.
+    ax2 = ax.secondary_yaxis("right")
+    ax2.set_yticks(range(len(types)))
+    ax2.set_yticklabels([f"max {b:.3g}" if np.isfinite(b) else "" for b in best], fontsize=7)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
