@@ -6,8 +6,11 @@ embeddings (SNR ~100) turn every attention row dark. Needs matplotlib (the ``plo
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
+
+import numpy as np
 
 from .errors import SpectrumError
 from .results import ScanResult
@@ -21,22 +24,21 @@ def layer_index(name: str) -> Optional[int]:
     return None
 
 
-def plot_snr(result: ScanResult, path: Union[str, Path], top_percent: Optional[float] = None, dpi: int = 100) -> Path:
-    """Writes a PNG heatmap of ``result`` to ``path`` and returns the path."""
-    try:
-        import matplotlib
+@dataclass
+class Heatmap:
+    """What the plot draws: a row per type and a column per block index (``labels``);
+    ``relative`` is each cell's SNR over the best SNR of its row (``best``), NaN where the
+    model has no such layer; ``cells`` maps (row, column) to (SNR, selected)."""
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.patches import Patch, Rectangle
-    except ImportError:
-        raise SpectrumError(
-            "plotting needs matplotlib: pip install matplotlib (or the extra: '.[plot]' from a checkout, "
-            "'spectrum-rs[plot]' from a package index)"
-        ) from None
-    import numpy as np
+    types: List[str]
+    labels: List[str]
+    cells: Dict[Tuple[int, int], Tuple[float, bool]]
+    best: np.ndarray
+    relative: np.ndarray
 
-    pct = result.top_percent if top_percent is None else top_percent
+
+def heatmap(result: ScanResult, top_percent: Optional[float] = None) -> Heatmap:
+    """The cells of the SNR heatmap of ``result``, scaled per type."""
     selected = set(result.select(top_percent))
     types = result.types
     cells: Dict[Tuple[int, int], Tuple[float, bool]] = {}
@@ -53,14 +55,34 @@ def plot_snr(result: ScanResult, path: Union[str, Path], top_percent: Optional[f
         snr = float(layer.snr)
         if prev is None or (not math.isnan(snr) and (math.isnan(prev[0]) or snr > prev[0])):
             cells[(y, x)] = (snr, layer.name in selected or (prev is not None and prev[1]))
-    ncols = len(columns) + (1 if has_other else 0)
-    grid = np.full((len(types), max(ncols, 1)), np.nan)
+    labels = [str(c) for c in columns] + (["other"] if has_other else [])
+    grid = np.full((len(types), max(len(labels), 1)), np.nan)
     for (y, x), (snr, _) in cells.items():
         grid[y, x] = snr if math.isfinite(snr) else np.nan
     # Each row relative to the best layer of its type: the order that selection uses.
     best = np.array([np.nanmax(row) if np.isfinite(row).any() else np.nan for row in grid])
     with np.errstate(invalid="ignore", divide="ignore"):
         relative = grid / best[:, None]
+    return Heatmap(types=types, labels=labels, cells=cells, best=best, relative=relative)
+
+
+def plot_snr(result: ScanResult, path: Union[str, Path], top_percent: Optional[float] = None, dpi: int = 100) -> Path:
+    """Writes a PNG heatmap of ``result`` to ``path`` and returns the path."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch, Rectangle
+    except ImportError:
+        raise SpectrumError(
+            "plotting needs matplotlib: pip install matplotlib (or the extra: '.[plot]' from a checkout, "
+            "'spectrum-rs[plot]' from a package index)"
+        ) from None
+
+    pct = result.top_percent if top_percent is None else top_percent
+    grid = heatmap(result, top_percent)
+    types, cells, best, relative, ncols = grid.types, grid.cells, grid.best, grid.relative, len(grid.labels)
     width = min(max(6.0, 0.16 * ncols + 4.0), 40.0)
     height = min(max(3.0, 0.4 * len(types) + 1.8), 30.0)
     fig, ax = plt.subplots(figsize=(width, height), dpi=dpi, layout="constrained")
@@ -72,7 +94,7 @@ def plot_snr(result: ScanResult, path: Union[str, Path], top_percent: Optional[f
     for (y, x), (_, sel) in cells.items():
         if sel:
             ax.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
-    labels = [str(c) for c in columns] + (["other"] if has_other else [])
+    labels = grid.labels
     ax.legend(
         handles=[
             Patch(facecolor="#dddddd", edgecolor="none", label="no such layer (or NaN)"),

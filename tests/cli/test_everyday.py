@@ -133,3 +133,20 @@ def test_the_version_is_the_crates(tmp_path):
     cargo = tomllib.loads((Path(__file__).parents[2] / "Cargo.toml").read_text())
     assert spectrum_rs.__version__ == cargo["package"]["version"]
     assert run("--version").stdout.strip() == f"spectrum-rs {spectrum_rs.__version__}"
+
+
+def test_plot_colours_each_type_by_its_own_best_layer():
+    from spectrum_rs.plot import heatmap
+
+    layers = [spectrum_rs.LayerResult(name="model.embed_tokens", type="model.embed_tokens", snr=100.0)]
+    for i, (q, up) in enumerate([(0.2, 3.0), (0.1, 6.0), (0.05, 1.5)]):
+        layers.append(
+            spectrum_rs.LayerResult(name=f"model.layers.{i}.self_attn.q_proj", type="self_attn.q_proj", snr=q)
+        )
+        layers.append(spectrum_rs.LayerResult(name=f"model.layers.{i}.mlp.up_proj", type="mlp.up_proj", snr=up))
+    h = heatmap(spectrum_rs.ScanResult(model_name="m", layers=layers))
+    q_row, up_row = h.types.index("self_attn.q_proj"), h.types.index("mlp.up_proj")
+    # The embedding's SNR of 100 does not darken the attention row: its best layer is 1.
+    assert list(h.relative[q_row][:3]) == [1.0, 0.5, 0.25]
+    assert list(h.relative[up_row][:3]) == [0.5, 1.0, 0.25]
+    assert h.best[q_row] == 0.2 and h.labels == ["0", "1", "2", "other"]
