@@ -18,6 +18,7 @@ from typing import Any
 
 from ._core import __version__
 from .errors import (
+    CheckpointBusyError,
     CheckpointMismatchError,
     InternalError,
     ModelFileError,
@@ -38,6 +39,7 @@ __all__ = [
     "ModelFileError",
     "UnsupportedLayoutError",
     "CheckpointMismatchError",
+    "CheckpointBusyError",
     "ResultsFileError",
     "ScanMismatchError",
     "InternalError",

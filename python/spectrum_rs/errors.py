@@ -45,6 +45,11 @@ class CheckpointMismatchError(SpectrumError):
     checkpoint at all): ``path`` names it; delete it or scan with ``--no-resume``."""
 
 
+class CheckpointBusyError(CheckpointMismatchError):
+    """Another scan is using the checkpoint (it holds its lock) and did not finish in time:
+    ``path`` names the checkpoint."""
+
+
 class ResultsFileError(SpectrumError):
     """A results file cannot be read back: ``path`` names it."""
 
@@ -82,6 +87,7 @@ __all__ = [
     "ModelFileError",
     "UnsupportedLayoutError",
     "CheckpointMismatchError",
+    "CheckpointBusyError",
     "ResultsFileError",
     "ScanMismatchError",
     "InternalError",

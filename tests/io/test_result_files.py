@@ -1,13 +1,20 @@
 """The three reference result files (docs/method.md §4): names, exact bytes for a small known case,
 round trips through ScanResult.load in both shapes, reference-written files with
-Infinity/NaN, and clean errors for files that are not results."""
+Infinity/NaN, clean errors for files that are not results, and clean errors, with nothing
+left behind, for files that cannot be written (a file where a folder should be, a size
+limit, a full or read-only file system, a folder the user may not write to)."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import resource
+import shutil
+import signal
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -41,17 +48,14 @@ def known_result(model_name: str = "org/My_Model-7b") -> ScanResult:
 
 # By hand: q_proj 4 layers -> int(4 * 50 / 100) = 2: layers.1 (0.9) and layers.10 (0.9,
 # a tie: model order); down_proj: layers.2 (inf) then layers.10 (0.2); NaN never.
-# lm_head, model.embed_tokens, model.norm: int(1 * 0.5) = 0 layers, header only.
+# lm_head, model.embed_tokens, model.norm: int(1 * 0.5) = 0 layers, so no section.
 EXPECTED_YAML_50 = """\
 unfrozen_parameters:
 - ^lm_head.weight$
 - ^model.embed_tokens.weight$
-# lm_head layers
 # mlp.down_proj layers
 - model.layers.2.mlp.down_proj
 - model.layers.10.mlp.down_proj
-# model.embed_tokens layers
-# model.norm layers
 # self_attn.q_proj layers
 - model.layers.1.self_attn.q_proj
 - model.layers.10.self_attn.q_proj
@@ -61,13 +65,10 @@ EXPECTED_YAML_75_STRICT = """\
 unfrozen_parameters:
 - ^lm_head\\.weight$
 - ^model\\.embed_tokens\\.weight$
-# lm_head layers
 # mlp.down_proj layers
 - ^model\\.layers\\.2\\.mlp\\.down_proj\\.
 - ^model\\.layers\\.10\\.mlp\\.down_proj\\.
 - ^model\\.layers\\.1\\.mlp\\.down_proj\\.
-# model.embed_tokens layers
-# model.norm layers
 # self_attn.q_proj layers
 - ^model\\.layers\\.1\\.self_attn\\.q_proj\\.
 - ^model\\.layers\\.10\\.self_attn\\.q_proj\\.
@@ -397,3 +398,146 @@ def test_to_dict_and_iteration(tmp_path):
     assert d["model.layers.2.mlp.down_proj"] == {"snr": INF, "type": "mlp.down_proj"}
     assert res.types == sorted({t for _, t, _ in KNOWN})
     assert LayerResult("a", "a", 1.0, shape=(2, 3)).to_dict()["shape"] == [2, 3]
+
+
+# --------------------------------------------------------------------------- output errors
+# Each makes the real condition: a file where a folder should be, a process file-size limit
+# (RLIMIT_FSIZE, with SIGXFSZ ignored: write() fails with EFBIG), a full file system and a
+# read-only one (a 16 KiB tmpfs mounted in a private mount namespace, which vanishes with
+# the process), and a folder the user may not write to (chmod 0o500, or for root, who
+# passes permission bits, an immutable folder). The message says what is wrong in our
+# words and names the path; nothing is left behind, and a file already there is kept.
+
+SAVE_SCRIPT = """
+import json, os, pathlib, subprocess, sys
+from spectrum_rs import LayerResult, ScanResult, SpectrumError
+out, setup = pathlib.Path(sys.argv[1]), sys.argv[2]
+folder = out / "model_snr_results"
+if setup in ("earlier-file", "immutable-folder"):
+    folder.mkdir(parents=True, exist_ok=True)
+if setup == "earlier-file":
+    (folder / "snr_results_m.json").write_text("{}")
+if setup == "immutable-folder":
+    subprocess.run(["chattr", "+i", str(folder)], check=True)
+layers = [LayerResult(f"model.layers.{i}.mlp.up_proj", "mlp.up_proj", 1.0 + i) for i in range(2000)]
+try:
+    ScanResult(model_name="m", layers=layers).save(out)
+    print(json.dumps({"error": None}))
+except SpectrumError as e:
+    files = sorted(os.listdir(folder)) if folder.is_dir() else None
+    kept = (folder / "snr_results_m.json").read_text() == "{}" if setup == "earlier-file" else None
+    print(json.dumps({"error": str(e), "path": e.path, "files": files, "kept": kept}))
+"""
+
+
+def _save_in_subprocess(out, setup="none", prefix=(), preexec_fn=None):
+    """Saves a 2000-layer result under ``out`` in a new process (after ``setup``), and
+    returns the error it met, the files left in the results folder, and whether an earlier
+    file there was kept."""
+    p = subprocess.run(
+        [*prefix, sys.executable, "-c", SAVE_SCRIPT, str(out), setup],
+        capture_output=True,
+        text=True,
+        preexec_fn=preexec_fn,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _in_private_tmpfs(mount_point, options):
+    """The command prefix that runs a command with a fresh tmpfs mounted at ``mount_point``
+    in a private mount namespace; skips where this machine allows no such namespace."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1)")
+    flags = "-m" if os.geteuid() == 0 else "-rm"
+    probe = subprocess.run(["unshare", flags, "sh", "-c", f"mount -t tmpfs tmpfs {mount_point}"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a private namespace here: {probe.stderr.decode()[-200:]}")
+    return ["unshare", flags, "sh", "-c", f'mount -t tmpfs -o {options} tmpfs "$0" && exec "$@"', str(mount_point)]
+
+
+def test_a_file_where_a_folder_should_be(tmp_path):
+    res = known_result()
+    blocker = tmp_path / "out"
+    blocker.write_text("not a folder")
+    with pytest.raises(SpectrumError) as err:
+        res.save(blocker)
+    assert str(err.value) == (
+        f"cannot write {blocker / 'model_snr_results' / 'snr_results_org-My-Model-7b.json'}: "
+        f"{blocker} is a file, not a folder"
+    )
+    assert blocker.read_text() == "not a folder"
+    # The results folder itself a file; then a target that is a folder.
+    (tmp_path / "two").mkdir()
+    (tmp_path / "two" / "model_snr_results").write_text("x")
+    with pytest.raises(SpectrumError, match="model_snr_results is a file, not a folder"):
+        res.save(tmp_path / "two")
+    target = tmp_path / "three" / "model_snr_results" / "snr_results_org-My-Model-7b.json"
+    target.mkdir(parents=True)
+    with pytest.raises(SpectrumError) as err:
+        res.save(tmp_path / "three")
+    assert str(err.value) == f"cannot write {target}: it is a folder"
+    assert err.value.path == str(target)
+    assert os.listdir(target.parent) == [target.name], "no temporary file left behind"
+
+
+def test_a_file_size_limit_is_said_in_our_words_and_leaves_nothing(tmp_path):
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # then write() fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    got = _save_in_subprocess(tmp_path, "earlier-file", preexec_fn=limit)
+    path = tmp_path / "model_snr_results" / "snr_results_m.json"
+    assert got["error"] == (
+        f"cannot write {path}: the file would exceed the largest file size this process or file system allows"
+    )
+    assert got["path"] == str(path)
+    assert got["files"] == ["snr_results_m.json"], "no temporary or zero-byte file left behind"
+    assert got["kept"], "the earlier file is kept as it was"
+
+
+def test_a_full_file_system_is_said_in_our_words_and_leaves_nothing(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    got = _save_in_subprocess(out, "earlier-file", prefix=_in_private_tmpfs(out, "size=16k"))
+    path = out / "model_snr_results" / "snr_results_m.json"
+    assert got["error"] == f"no space left on device while writing {path}"
+    assert got["files"] == ["snr_results_m.json"], "no temporary or zero-byte file left behind"
+    assert got["kept"], "the earlier file is kept as it was"
+    assert not list(out.iterdir()), "the tmpfs was private to the process"
+
+
+def test_a_read_only_file_system_is_said_in_our_words(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    got = _save_in_subprocess(out, prefix=_in_private_tmpfs(out, "size=64k,ro"))
+    path = out / "model_snr_results" / "snr_results_m.json"
+    assert got["error"] == f"cannot write {path}: the file system is read-only"
+
+
+def test_a_folder_the_user_may_not_write_to(tmp_path):
+    out = tmp_path / "out"
+    folder = out / "model_snr_results"
+    if os.geteuid() != 0:
+        folder.mkdir(parents=True)
+        folder.chmod(0o500)
+        try:
+            with pytest.raises(SpectrumError) as err:
+                known_result("m").save(out)
+        finally:
+            folder.chmod(0o700)
+        message, files = str(err.value), os.listdir(folder)
+    else:
+        # Root passes permission bits, but not an immutable folder (EPERM), which needs a
+        # file system with attributes: a private tmpfs.
+        if shutil.which("chattr") is None:
+            pytest.skip("no chattr(1) to make a folder that root may not write to")
+        out.mkdir()
+        got = _save_in_subprocess(out, "immutable-folder", prefix=_in_private_tmpfs(out, "size=64k"))
+        message, files = got["error"], got["files"]
+    assert (
+        message
+        == f"permission denied: cannot write {folder / 'snr_results_m.json'} (is {folder} writable by this user?)"
+    )
+    assert files == []

@@ -1,11 +1,12 @@
 """Resume after a hard kill: finished layers survive in the checkpoint, are not computed
 again, and the final files equal those of an uninterrupted scan. A checkpoint of other
-model files or other settings is refused."""
+model files or other settings is refused, and one that cannot grow is a clear error."""
 
 import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -180,3 +181,34 @@ def test_an_empty_or_damaged_checkpoint_is_handled(tmp_path):
     ck.write_text("garbage\n")
     with pytest.raises(spectrum_rs.SpectrumError, match="not a spectrum-rs checkpoint"):
         spectrum_rs.scan(f, checkpoint=ck)
+
+
+CHECKPOINT_UNDER_A_SIZE_LIMIT = """
+import resource, signal, sys
+import spectrum_rs
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # then write() fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+try:
+    spectrum_rs.scan(sys.argv[1], checkpoint=sys.argv[2])
+except spectrum_rs.SpectrumError as e:
+    print(e.path == sys.argv[2], e)
+"""
+
+
+def test_a_checkpoint_that_cannot_grow_is_a_clear_error_and_stays_whole(tmp_path):
+    """A real file-size limit (RLIMIT_FSIZE) reached while appending a finished layer: the
+    scan stops with the checkpoint's name and the reason in our words, and a later scan
+    resumes the layers written whole before it (a torn last line is dropped)."""
+    g = torch.Generator().manual_seed(11)
+    f = write_file(tmp_path / "m.safetensors", {f"l.{i}.w.weight": torch.randn(8, 8, generator=g) for i in range(40)})
+    ck = tmp_path / "ck.jsonl"
+    p = subprocess.run(
+        [sys.executable, "-c", CHECKPOINT_UNDER_A_SIZE_LIMIT, str(f), str(ck)], capture_output=True, text=True
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == (
+        f"True cannot write {ck}: the file would exceed the largest file size this process or file system allows"
+    )
+    kept = spectrum_rs.scan(f, checkpoint=ck).settings["resumed_layers"]
+    assert 0 < kept < 40
+    assert spectrum_rs.scan(f, checkpoint=ck).settings["resumed_layers"] == 40  # it grew on from there

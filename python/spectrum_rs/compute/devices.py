@@ -10,6 +10,7 @@ import importlib.util
 import os
 import re
 import sys
+import threading
 import warnings
 from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -108,8 +109,17 @@ def resolve_devices(device: Union[Optional[Device], Sequence[Device]]) -> List[s
 
 
 def blas_threads() -> int:
-    """The threads numpy's BLAS uses now (``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``
-    or ``threadpoolctl`` limits set them), or the CPUs this process may run on."""
+    """The threads numpy's BLAS uses outside a scan (``OMP_NUM_THREADS``,
+    ``OPENBLAS_NUM_THREADS`` or ``threadpoolctl`` limits set them), or the CPUs this
+    process may run on. While scans hold :func:`limit_blas_threads`, the count from before
+    the first of them: a scan planned beside another plans the same workers as alone."""
+    with _blas_lock:
+        if _blas_users:
+            return _blas_outside
+        return _live_blas_threads()
+
+
+def _live_blas_threads() -> int:
     import numpy.linalg  # noqa: F401  (loads the BLAS library)
     from threadpoolctl import threadpool_info
 
@@ -136,16 +146,63 @@ def plan_workers(device: Union[Optional[Device], Sequence[Device]]) -> Tuple[Lis
     return devices * threads, 1
 
 
+# numpy's BLAS threads are process-wide: scans in several threads share one limit, set by
+# the first to enter and restored by the last to leave (restoring each scan's own view of
+# "before" would leave the process at one thread, or lift the limit under a scan still
+# running, whose numbers would then depend on the other scan).
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_outside = 1
+_blas_saved: List[Tuple[Any, int]] = []
+
+
 @contextlib.contextmanager
 def limit_blas_threads(n: Optional[int]) -> Iterator[None]:
-    """Sets numpy's BLAS threads (process-wide) for the block, then restores them."""
+    """Sets numpy's BLAS threads (process-wide) for the block, then restores them. Blocks
+    running at once in several threads share one limit, reference-counted: the first sets
+    it (to its ``n``; the plan gives every CPU scan the same), the last restores what was
+    there before the first. ``n`` None: leave the threads as they are."""
+    global _blas_users, _blas_outside, _blas_saved
     if n is None:
         yield
         return
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=n, user_api="blas"):
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_outside = _live_blas_threads()
+            libs = _blas_libraries()
+            _blas_saved = [(lib, lib.get_num_threads()) for lib in libs]
+            for lib in libs:
+                _set_threads(lib, n)
+        _blas_users += 1
+    try:
         yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                saved, _blas_saved = _blas_saved, []
+                for lib, threads in saved:
+                    _set_threads(lib, threads)
+
+
+def _blas_libraries() -> List[Any]:
+    import numpy.linalg  # noqa: F401  (loads the BLAS library)
+    from threadpoolctl import ThreadpoolController
+
+    return list(ThreadpoolController().select(user_api="blas").lib_controllers)
+
+
+def _set_threads(lib: Any, n: Optional[int]) -> None:
+    """Sets one BLAS library's threads from whatever thread this is. threadpoolctl (3.6
+    on) ignores an OpenBLAS limit set from any thread but the first to have set one while
+    that thread lives: a scan called from another thread would then compute with every
+    BLAS thread in each of its workers (other numbers than the same scan from the main
+    thread, and oversubscribed cores), and could not restore the threads it found. The
+    limit here is shared and reference-counted, so it is set directly."""
+    if n is None:
+        return
+    setter = getattr(lib, "_real_set_num_threads", None) or lib.set_num_threads
+    setter(n)
 
 
 def make_workers(devices: Sequence[str], method: str, dtype: str) -> List[Worker]:

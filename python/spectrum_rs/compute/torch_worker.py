@@ -6,20 +6,21 @@ machines without a GPU; scans on the CPU use :mod:`.numpy_worker`."""
 
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Union
 
 import numpy as np
 import torch
 
 from ..options import check_method_dtype
-from .base import GRAM_BLOCK_ELEMENTS
+from .base import GRAM_BLOCK_ELEMENTS, OutOfRange, gram_in_range, scale_exponent
 from .precision import gram_suffices
 
 #: Size of each of a GPU worker's two pinned host buffers that uploads go through.
 STAGING_BYTES = 64 << 20
 _TORCH_DTYPES = {"auto": torch.float32, "float32": torch.float32, "float64": torch.float64}
 # Stored dtypes that arrive as raw bytes and are converted on the device.
-_RAW = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+_RAW = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
 
 
 class Matrix:
@@ -45,6 +46,7 @@ class TorchWorker:
         self._torch_dtype = _TORCH_DTYPES[dtype]
         # Uploads run on their own stream so the next layer's copy overlaps this compute.
         self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self.forced_fallback = False
         self._staging: Optional[List[torch.Tensor]] = None
         self._staged: List[Optional[torch.cuda.Event]] = [None, None]
 
@@ -102,7 +104,12 @@ class TorchWorker:
 
     def singular_values(self, m: Union[Matrix, torch.Tensor]) -> Optional[np.ndarray]:
         """All singular values of a matrix (any order) as float64 numpy, or ``None`` when
-        the matrix holds NaN or Inf values."""
+        the matrix holds NaN or Inf values. A matrix whose Gram matrix (or float32 SVD)
+        would overflow or underflow is computed scaled by a power of two
+        (:data:`.base.GRAM_RANGE`). A forced ``dtype`` whose Gram matrix fails the
+        precision bound of docs/method.md §2.9 is computed by a float64 SVD instead
+        (``forced_fallback``), as on the CPU."""
+        self.forced_fallback = False
         if isinstance(m, torch.Tensor):
             m = Matrix(m, None)
         if m.tensor.numel() == 0:
@@ -111,29 +118,62 @@ class TorchWorker:
             with torch.cuda.device(self.device):
                 if m.ready is not None:
                     torch.cuda.current_stream(self.device).wait_event(m.ready)
-                return self._singular_values(m.tensor)
-        return self._singular_values(m.tensor)
+                return self._scaled_values(m.tensor)
+        return self._scaled_values(m.tensor)
 
-    def _singular_values(self, w: torch.Tensor) -> Optional[np.ndarray]:
+    def _scaled_values(self, w: torch.Tensor) -> Optional[np.ndarray]:
         a = w.T if w.shape[0] < w.shape[1] else w  # tall: both methods work on the smaller side
+        try:
+            return self._singular_values(a)
+        except OutOfRange:
+            pass
+        low, high = torch.aminmax(a)
+        top = max(float(high), -float(low))
+        if not math.isfinite(top):
+            return None
+        if top == 0:
+            return np.zeros(min(a.shape))
+        k = scale_exponent(top)
+        try:
+            s = self._singular_values(_ldexp(a, k))  # exact: a power of two
+        except OutOfRange:  # the largest value is now in [0.5, 1): cannot happen
+            raise AssertionError("a matrix scaled to a largest value of 1 left the Gram range") from None
+        return None if s is None else np.ldexp(s, -k)
+
+    def _singular_values(self, a: torch.Tensor) -> Optional[np.ndarray]:
+        """The values of tall ``a`` by this worker's method and dtype; raises
+        :class:`OutOfRange` when its Gram matrix (or a float32 SVD) would not fit."""
         if self.method == "svd":
-            if not bool(torch.isfinite(a).all()):
+            if self._torch_dtype == torch.float32:
+                # float32 SVD sums squares too: keep its input in the float32 Gram range.
+                low, high = torch.aminmax(a)
+                top = max(float(high), -float(low))
+                if not math.isfinite(top) or (top > 0 and not gram_in_range(top * top, "float32")):
+                    raise OutOfRange
+            elif not bool(torch.isfinite(a).all()):
                 return None
             # float32 singular values carry an absolute error of about eps32 * S[0]:
             # inside the bound for any spectrum (this is the reference's own precision).
             s = torch.linalg.svdvals(a.to(self._torch_dtype))
             return s.to("cpu", torch.float64).numpy()
+        gram_dtype = "float64" if self.dtype == "float64" else "float32"
         lam = self.gram_eigenvalues(a, self._torch_dtype)
         if lam is None:
-            return None
+            raise OutOfRange
+        host = lam.cpu().numpy()
+        if not gram_in_range(float(host[-1]), gram_dtype):
+            raise OutOfRange
         if self.dtype == "auto":
             # float32 Gram -> float64 Gram -> float64 SVD, each only where the one before
             # could move the SNR by the bound or more.
-            if not gram_suffices(lam.cpu().numpy(), a.shape[0], a.shape[1], "float32"):
+            if not gram_suffices(host, a.shape[0], a.shape[1], "float32"):
                 lam = self.gram_eigenvalues(a, torch.float64)
                 assert lam is not None  # finite in float32, finite in float64
                 if not gram_suffices(lam.cpu().numpy(), a.shape[0], a.shape[1], "float64"):
                     return torch.linalg.svdvals(a.to(torch.float64)).cpu().numpy()
+        elif not gram_suffices(host, a.shape[0], a.shape[1], gram_dtype):
+            self.forced_fallback = True
+            return torch.linalg.svdvals(a.to(torch.float64)).cpu().numpy()
         return lam.clamp_(min=0).sqrt_().to("cpu", torch.float64).numpy()
 
     def gram_eigenvalues(self, a: torch.Tensor, dtype: torch.dtype) -> Optional[torch.Tensor]:
@@ -164,3 +204,10 @@ class TorchWorker:
             b = a[start : start + step].to(dtype)
             g.addmm_(b.T, b)
         return g
+
+
+def _ldexp(a: torch.Tensor, k: int) -> torch.Tensor:
+    """``a * 2**k``, exactly, in ``a``'s dtype: in two factors, each a normal float32
+    (torch rounds a Python scalar to the tensor's dtype, and 2**149 is no float32)."""
+    half = k // 2
+    return (a * 2.0**half) * 2.0 ** (k - half)

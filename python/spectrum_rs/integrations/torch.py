@@ -42,6 +42,7 @@ from ..model.config import ties_embeddings
 from ..model.layouts import HEAD, embedding_names, input_embedding, is_embedding
 from ..options import DEFAULT_TOP_PERCENT, NO_NOISE, as_list, check_choice, check_method_dtype, check_top_percent
 from ..results import LayerResult, ScanResult
+from ..run.pipeline import Problems
 
 __all__ = [
     "scan_model",
@@ -518,6 +519,7 @@ def scan_model(
     records: Dict[str, LayerResult] = {}
     workers: Dict[str, Any] = {}
     counter = 0
+    problems = Problems()  # one warning per kind for the whole scan, not one per layer
     try:
         with torch.no_grad():
             for group, planned in plan:
@@ -534,12 +536,13 @@ def scan_model(
                             owner = counter % world
                             counter += 1
                             if owner == rank:
-                                records[s.name] = _measure(full, s, device, method, dtype, no_noise, workers)
+                                records[s.name] = _measure(full, s, device, method, dtype, no_noise, workers, problems)
                             bar.update(s.name, s.rows * s.cols * _itemsize(e.dtype))
                         del full
                     del fulls
     finally:
         bar.close()
+        problems.warn(stacklevel=3)
     if world > 1:
         records = _all_gather_records(records)
     return _assemble(
@@ -638,7 +641,14 @@ def _itemsize(dtype: Any) -> int:
 
 
 def _measure(
-    full: torch.Tensor, s: _Spec, device: str, method: str, dtype: str, no_noise: str, workers: Dict[str, Any]
+    full: torch.Tensor,
+    s: _Spec,
+    device: str,
+    method: str,
+    dtype: str,
+    no_noise: str,
+    workers: Dict[str, Any],
+    problems: Problems,
 ) -> LayerResult:
     from ..run.pipeline import measure
 
@@ -650,7 +660,7 @@ def _measure(
             from ..compute.torch_worker import TorchWorker
 
             workers[key] = TorchWorker(device=m.device, method=method, dtype=dtype)
-        return measure(workers[key], s, m, no_noise)
+        return measure(workers[key], s, m, no_noise, problems)
     if "cpu" not in workers:
         from ..compute.numpy_worker import NumpyWorker
 
@@ -659,7 +669,7 @@ def _measure(
     # Always a copy: a numpy view would share (and pin the size of) the model's storage,
     # which FSDP frees and resizes after a gather.
     array = m.to(device="cpu", dtype=torch.float32, copy=True).contiguous().numpy()
-    record = measure(worker, s, worker.to_matrix(array, "F32", s.rows, s.cols), no_noise)
+    record = measure(worker, s, worker.to_matrix(array, "F32", s.rows, s.cols), no_noise, problems)
     del array
     return record
 

@@ -7,16 +7,17 @@ reader never sees half a file."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .._core import layer_type, natural_order
-from ..errors import ResultsFileError
+from ..errors import ResultsFileError, SpectrumError
+from .text import name_regex, printable, yaml_scalar
 
 RESULTS_DIR = "model_snr_results"
 
@@ -43,10 +44,15 @@ def _percent_text(pct: float) -> str:
 
 def atomic_write(path: Union[str, Path], text: str) -> Path:
     """Writes ``text`` to a temporary file beside ``path``, flushes it to disk and renames
-    it over ``path``."""
+    it over ``path``. A failure raises :class:`SpectrumError` saying in our words what is
+    wrong and naming the path (:func:`output_error`), and leaves neither the temporary
+    file nor a partial ``path`` behind; a file already at ``path`` is kept as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise output_error(path, e) from None
     try:
         # mkstemp makes the file private (0600); results are for other tools and users to
         # read, so give it the mode a plain open() would.
@@ -56,13 +62,58 @@ def atomic_write(path: Union[str, Path], text: str) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError):
+            raise output_error(path, e) from None
         raise
     return path
+
+
+def output_error(path: Union[str, Path], error: OSError) -> SpectrumError:
+    """The :class:`SpectrumError` for an ``OSError`` met while writing ``path``: what is
+    wrong in our words, with the path, instead of ``[Errno 28] No space left on device``."""
+    path = Path(path)
+    shown = printable(str(path))
+    code = error.errno
+    if code in (errno.ENOTDIR, errno.EEXIST) or (code == errno.ENOENT and _blocking_file(path) is not None):
+        blocker = _blocking_file(path)
+        if blocker is not None:
+            what = f"{printable(str(blocker))} is a file, not a folder"
+        else:
+            what = "a part of the path is not a folder"
+        message = f"cannot write {shown}: {what}"
+    elif code == errno.EISDIR:
+        message = f"cannot write {shown}: it is a folder"
+    elif code == errno.ENOSPC:
+        message = f"no space left on device while writing {shown}"
+    elif code == errno.EDQUOT:
+        message = f"disk quota exceeded while writing {shown}"
+    elif code == errno.EFBIG:
+        message = (
+            f"cannot write {shown}: the file would exceed the largest file size this process or file system allows"
+        )
+    elif code in (errno.EACCES, errno.EPERM):
+        message = f"permission denied: cannot write {shown} (is {printable(str(path.parent))} writable by this user?)"
+    elif code == errno.EROFS:
+        message = f"cannot write {shown}: the file system is read-only"
+    elif code == errno.ENAMETOOLONG:
+        message = f"cannot write {shown}: the file name is too long"
+    else:
+        message = f"cannot write {shown}: {error.strerror or error}"
+    return SpectrumError(message, path=str(path))
+
+
+def _blocking_file(path: Path) -> Optional[Path]:
+    """The nearest folder of ``path`` that exists and is not a folder (a file where a
+    folder should be), or None."""
+    for parent in path.parents:
+        if os.path.lexists(parent):
+            return None if parent.is_dir() else parent
+    return None
 
 
 def _umask() -> int:
@@ -84,21 +135,36 @@ def sorted_text(ranked: Mapping[str, Sequence[Tuple[str, float]]]) -> str:
 def yaml_text(head: Sequence[str], sections: Mapping[str, Sequence[str]], *, strict: bool = False) -> str:
     """The ``unfrozen_parameters`` YAML: the ``head`` parameters (embedding and head
     weights, as anchored regexes), then one ``# {type} layers`` section per type with the
-    parameters to train. ``strict``: every line an escaped, anchored regex instead of the
-    reference's bare module names, whose unescaped dots match any character."""
+    parameters to train; a type with none selected gets no section. ``strict``: every line
+    an escaped, anchored regex instead of the reference's bare module names, whose
+    unescaped dots match any character.
+
+    Names and types come from files anyone can write: every line is built so that it adds
+    no other line whatever the name holds. Control characters are written as regex escapes
+    in the parameter lines (which still match the real parameter) and as backslash escapes
+    in the comments, other regex metacharacters than ``.`` are escaped, and a line YAML
+    would not read back as the same string is double-quoted (:mod:`.text`). Ordinary names
+    are written as the reference writes them."""
     lines = ["unfrozen_parameters:"]
     for weight in head:
-        lines.append(f"- ^{re.escape(weight) if strict else weight}$")
+        lines.append(_item(f"^{name_regex(weight, strict)}$"))
     written = set()
     for t, params in sections.items():
-        lines.append(f"# {t} layers")
+        section = []
         for param in params:
             line = _parameter_line(param, strict)
             # Experts of one fused tensor share its parameter: list it once.
             if line not in written:
                 written.add(line)
-                lines.append(line)
+                section.append(line)
+        if section:
+            lines.append(f"# {printable(t)} layers")
+            lines.extend(section)
     return "\n".join(lines) + "\n"
+
+
+def _item(regex: str) -> str:
+    return f"- {yaml_scalar(regex)}"
 
 
 def _parameter_line(param: str, strict: bool) -> str:
@@ -107,8 +173,8 @@ def _parameter_line(param: str, strict: bool) -> str:
     strict mode."""
     module = param[: -len(".weight")] if param.endswith(".weight") else None
     if strict:
-        return f"- ^{re.escape(module)}\\." if module is not None else f"- ^{re.escape(param)}$"
-    return f"- {module if module is not None else param}"
+        return _item(f"^{name_regex(module, True)}\\." if module is not None else f"^{name_regex(param, True)}$")
+    return _item(name_regex(module if module is not None else param, False))
 
 
 def write_files(

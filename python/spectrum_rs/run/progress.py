@@ -7,6 +7,8 @@ import sys
 import time
 from typing import Any, Callable, Optional, TextIO, Union
 
+from ..io.text import printable
+
 PLAIN_EVERY_SECONDS = 30.0
 
 
@@ -63,7 +65,9 @@ class Progress:
             self.callback(self.done_layers, self.total_layers, self.done_bytes, self.total_bytes, layer_name)
         if self.bar is not None:
             self.bar.update(nbytes)
-            self.bar.set_postfix_str(f"{self.done_layers}/{self.total_layers} layers, {layer_name}", refresh=False)
+            self.bar.set_postfix_str(
+                f"{self.done_layers}/{self.total_layers} layers, {printable(layer_name)}", refresh=False
+            )
         elif self.plain:
             now = time.monotonic()
             if now - self.last_line >= PLAIN_EVERY_SECONDS or self.done_layers == self.total_layers:
@@ -79,7 +83,7 @@ class Progress:
         return (
             f"spectrum-rs: {self.done_layers}/{self.total_layers} layers, "
             f"{_human(self.done_bytes)}/{_human(self.total_bytes)} ({pct:.0f}%), "
-            f"{_human(rate)}/s, ETA {left:.0f} s, at {layer_name}"
+            f"{_human(rate)}/s, ETA {left:.0f} s, at {printable(layer_name)}"
         )
 
     def close(self) -> None:
