@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1};
-use pyo3::exceptions::{PyBaseException, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyBaseException, PyMemoryError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 
@@ -28,7 +28,8 @@ use crate::stream::{Payload, Streamer};
 
 /// The exception of `spectrum_rs.errors` for a core error: the `SpectrumError` family
 /// (a `ValueError`) with `path=` for input problems, `InternalError` (a `RuntimeError`)
-/// for failures of the core. Without that module, a plain `ValueError` / `RuntimeError`
+/// for failures of the core, and Python's own `MemoryError` for a buffer a file asks for
+/// that cannot be allocated. Without that module, a plain `ValueError` / `RuntimeError`
 /// with the same message.
 fn to_py(py: Python<'_>, e: CoreError) -> PyErr {
     let class = match &e {
@@ -36,6 +37,7 @@ fn to_py(py: Python<'_>, e: CoreError) -> PyErr {
         CoreError::Layout { .. } => "UnsupportedLayoutError",
         CoreError::Input(_) => "SpectrumError",
         CoreError::Internal(_) => "InternalError",
+        CoreError::Memory { .. } => return PyMemoryError::new_err(e.to_string()),
     };
     let message = e.to_string();
     let raised = || -> PyResult<PyErr> {
@@ -68,11 +70,42 @@ struct Catalog {
 #[pymethods]
 impl Catalog {
     /// Opens a folder, an index file, one `.safetensors` file, or a list of files.
-    /// `scale_block`: the FP8 block size `(rows, cols)` from the model's config.
+    /// `scale_block`: the FP8 block size `(rows, cols)` from the model's config. The
+    /// keywords are the layout options of `rust/layout` (docs/layouts.md).
     #[new]
-    #[pyo3(signature = (paths, scale_block=None))]
-    fn new(py: Python<'_>, paths: Vec<PathBuf>, scale_block: Option<(usize, usize)>) -> PyResult<Self> {
-        let mut cat = py.detach(|| CoreCatalog::open(&paths)).map_err(|e| to_py(py, e))?;
+    #[pyo3(signature = (
+        paths, scale_block=None, *, max_experts=65_536, max_layers=4_000_000,
+        group_experts=false, group_by="type", split_fused=false, model_type=None, quant_method=None,
+        attention_heads=None
+    ))]
+    // The defaults are `layout::MAX_EXPERTS` and `layout::MAX_LAYERS`, written out so that
+    // Python's signature shows them.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        paths: Vec<PathBuf>,
+        scale_block: Option<(usize, usize)>,
+        max_experts: usize,
+        max_layers: usize,
+        group_experts: bool,
+        group_by: &str,
+        split_fused: bool,
+        model_type: Option<String>,
+        quant_method: Option<String>,
+        attention_heads: Option<(usize, usize, usize)>,
+    ) -> PyResult<Self> {
+        let group_by = crate::layout::GroupBy::parse(group_by).map_err(|e| to_py(py, e))?;
+        let options = crate::layout::Options {
+            max_experts,
+            max_layers,
+            group_experts,
+            group_by,
+            split_fused,
+            model_type,
+            quant_method,
+            attention_heads,
+        };
+        let mut cat = py.detach(|| CoreCatalog::open_with(&paths, &options)).map_err(|e| to_py(py, e))?;
         cat.scale_block = scale_block;
         Ok(Catalog { inner: Arc::new(cat) })
     }
@@ -125,11 +158,20 @@ impl Catalog {
         self.inner.select(&include, &exclude, include_1d).map_err(|e| to_py(py, e))
     }
 
-    /// Streams the given layers in file order, with at most `window_bytes` of host data
-    /// queued or held. With `raw=True`, BF16/F16/F32 layers come as their stored bytes.
-    #[pyo3(signature = (layers, window_bytes=1 << 30, raw=false))]
-    fn stream(&self, py: Python<'_>, layers: Vec<usize>, window_bytes: usize, raw: bool) -> PyResult<LayerStream> {
-        let s = Streamer::start(Arc::clone(&self.inner), layers, window_bytes, raw).map_err(|e| to_py(py, e))?;
+    /// Streams the given layers in file order (or, with `file_order=False`, in the order
+    /// given), with at most `window_bytes` of host data queued or held. With `raw=True`,
+    /// BF16/F16/F32 layers come as their stored bytes.
+    #[pyo3(signature = (layers, window_bytes=1 << 30, raw=false, file_order=true))]
+    fn stream(
+        &self,
+        py: Python<'_>,
+        layers: Vec<usize>,
+        window_bytes: usize,
+        raw: bool,
+        file_order: bool,
+    ) -> PyResult<LayerStream> {
+        let s = Streamer::start_ordered(Arc::clone(&self.inner), layers, window_bytes, raw, file_order)
+            .map_err(|e| to_py(py, e))?;
         Ok(LayerStream { inner: Mutex::new(Some(s)) })
     }
 }

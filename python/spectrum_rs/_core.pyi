@@ -1,9 +1,11 @@
 """Type stubs of the native core ``spectrum_rs._core`` (Rust, ``rust/lib.rs``).
 
 Errors are raised as the classes of :mod:`spectrum_rs.errors`: a missing or malformed
-model file is a ``ModelFileError``, a readable file whose layout or dtype cannot be
-scanned an ``UnsupportedLayoutError`` (both with ``path``), a bad request a
-``SpectrumError``, and a failure of the reader thread an ``InternalError``."""
+model file, or one that changed while being read, is a ``ModelFileError``, a readable
+file whose layout or dtype cannot be scanned an ``UnsupportedLayoutError`` (both with
+``path``), a bad request a ``SpectrumError``, and a failure of the reader thread (a panic
+included) an ``InternalError``. A buffer a file asks for that cannot be allocated is
+Python's ``MemoryError``, naming the file, the tensor and the size."""
 
 from os import PathLike
 from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union, final
@@ -30,7 +32,18 @@ __version__: str
 @final
 class Catalog:
     def __new__(
-        cls, paths: Sequence[Union[str, PathLike[str]]], scale_block: Optional[Tuple[int, int]] = None
+        cls,
+        paths: Sequence[Union[str, PathLike[str]]],
+        scale_block: Optional[Tuple[int, int]] = None,
+        *,
+        max_experts: int = 65536,
+        max_layers: int = 4000000,
+        group_experts: bool = False,
+        group_by: str = "type",
+        split_fused: bool = False,
+        model_type: Optional[str] = None,
+        quant_method: Optional[str] = None,
+        attention_heads: Optional[Tuple[int, int, int]] = None,
     ) -> Catalog: ...
     def layers(self) -> List[LayerInfo]: ...
     def files(self) -> List[Tuple[str, int, int]]: ...
@@ -38,7 +51,9 @@ class Catalog:
     def select(
         self, include: Sequence[str] = ..., exclude: Sequence[str] = ..., include_1d: bool = False
     ) -> List[int]: ...
-    def stream(self, layers: Sequence[int], window_bytes: int = ..., raw: bool = False) -> LayerStream: ...
+    def stream(
+        self, layers: Sequence[int], window_bytes: int = ..., raw: bool = False, file_order: bool = True
+    ) -> LayerStream: ...
 
 # One layer of a catalog (read-only attributes).
 @final

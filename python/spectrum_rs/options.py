@@ -11,12 +11,15 @@ from typing import Any, Iterable, List, Literal, Sequence, Union
 Method = Literal["gram", "svd"]
 Dtype = Literal["auto", "float32", "float64"]
 NoNoise = Literal["one", "inf"]
+#: Which layers share a type: the reference's (``"type"``) or, in addition, their stack.
+GroupBy = Literal["type", "stack"]
 #: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, a ``torch.device``, or a list of them.
 DeviceSpec = Union[str, Any, Sequence[Union[str, Any]]]
 
 METHODS = ("gram", "svd")
 DTYPES = ("auto", "float32", "float64")
 NO_NOISE = ("one", "inf")
+GROUP_BY = ("type", "stack")
 #: What ``top_percent`` means when nobody says: the paper's and the reference's default.
 DEFAULT_TOP_PERCENT = 25.0
 

@@ -37,10 +37,11 @@ class LayerResult:
     @property
     def parameter(self) -> str:
         """The model parameter a trainer unfreezes for this layer: ``<name>.weight``, or
-        the whole fused tensor for one expert of it."""
+        the whole fused tensor for one expert of it (or one half of a split fused tensor)."""
         if self.tensor is None or self.tied_to is not None:
             return f"{self.name}.weight"
-        return self.tensor
+        # MXFP4 experts: the trainer sees the dequantized `...gate_up_proj`, not its blocks.
+        return self.tensor[: -len("_blocks")] if self.tensor.endswith("_blocks") else self.tensor
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)

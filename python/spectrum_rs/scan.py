@@ -17,14 +17,16 @@ from . import _core
 from .compute.base import Worker
 from .compute.devices import limit_blas_threads, make_workers, plan_workers
 from .errors import SpectrumError
-from .model.config import fp8_scale_block, read_config, ties_embeddings
+from .model.config import attention_heads, fp8_scale_block, model_type, quant_method, read_config, ties_embeddings
 from .model.layouts import HEAD, embedding_names, input_embedding
 from .model.source import default_name, resolve_model
 from .options import (
     DEFAULT_TOP_PERCENT,
+    GROUP_BY,
     NO_NOISE,
     DeviceSpec,
     Dtype,
+    GroupBy,
     Method,
     NoNoise,
     as_list,
@@ -49,6 +51,11 @@ def scan(
     types: Union[None, str, Iterable[str]] = None,
     exclude: Union[None, str, Iterable[str]] = None,
     include_1d: bool = False,
+    group_experts: bool = False,
+    group_by: GroupBy = "type",
+    split_fused: bool = False,
+    max_experts: Optional[int] = None,
+    max_layers: Optional[int] = None,
     top_percent: float = DEFAULT_TOP_PERCENT,
     device: DeviceSpec = "auto",
     method: Method = "gram",
@@ -70,6 +77,19 @@ def scan(
         types: layer types, layer names or globs to scan (``"self_attn.*"``); all when None.
         exclude: types, names or globs to leave out.
         include_1d: also report 1-D tensors (norms) the way the reference does (SNR 1.0).
+        group_experts: one type for all experts of a projection (``mlp.experts.*.down_proj``,
+            ``mlp.experts.gate_up_proj.*``), so that selection ranks experts against each
+            other; default: one type per expert index, as the reference (docs/layouts.md).
+        group_by: ``"type"`` (the reference's types) or ``"stack"`` (the stack is part of
+            the type: ``model.vision_tower.encoder.layers.*.self_attn.q_proj`` apart from
+            ``model.language_model.layers.*.self_attn.q_proj``, encoder apart from decoder).
+        split_fused: scan each half of a fused ``gate_up_proj`` as a layer of its own
+            (``gate_proj``, ``up_proj``), and each of query, key and value of a fused
+            attention (``qkv_proj``, ``c_attn``, ``query_key_value``), laid out as the
+            family (``config.json``'s ``model_type`` and heads) does it
+            (docs/layouts.md); default: one matrix.
+        max_experts: the most layers one stacked-experts tensor may become (default 65,536).
+        max_layers: the most layers a model may have (default 4,000,000).
         top_percent: share of each type selected by ``ScanResult.select()`` (default 25).
         device: ``"auto"`` (the first GPU when torch sees one, else the CPU, where numpy
             computes and torch is not imported), ``"cpu"``,
@@ -107,11 +127,17 @@ def scan(
         ScanInterrupted: on Ctrl-C, carrying the layers finished so far.
     """
     check_choice("no_noise", no_noise, NO_NOISE)
+    check_choice("group_by", group_by, GROUP_BY)
     check_method_dtype(method, dtype)
     request = _Request(
         types=as_list(types),
         exclude=as_list(exclude),
         include_1d=include_1d,
+        group_experts=bool(group_experts),
+        group_by=group_by,
+        split_fused=bool(split_fused),
+        max_experts=max_experts,
+        max_layers=max_layers,
         top_percent=check_top_percent(top_percent),
         method=method,
         dtype=dtype,
@@ -156,6 +182,11 @@ class _Request:
     types: List[str]
     exclude: List[str]
     include_1d: bool
+    group_experts: bool
+    group_by: str
+    split_fused: bool
+    max_experts: Optional[int]
+    max_layers: Optional[int]
     top_percent: float
     method: str
     dtype: str
@@ -200,7 +231,20 @@ def _plan(
     devices, threads = plan_workers(distributed.local_device(device) if rank_world else device)
     workers = make_workers(devices, request.method, request.dtype)
     config = read_config(_model_folder(paths))
-    catalog = _core.Catalog(paths, scale_block=fp8_scale_block(config))
+    caps = {
+        k: v for k, v in (("max_experts", request.max_experts), ("max_layers", request.max_layers)) if v is not None
+    }
+    catalog = _core.Catalog(
+        paths,
+        scale_block=fp8_scale_block(config),
+        group_experts=request.group_experts,
+        group_by=request.group_by,
+        split_fused=request.split_fused,
+        model_type=model_type(config),
+        quant_method=quant_method(config),
+        attention_heads=attention_heads(config),
+        **caps,
+    )
     layers = catalog.layers()
     chosen = catalog.select(request.types, request.exclude, request.include_1d)
     tied_source = _tied_head_source(config, layers, request)
@@ -245,7 +289,11 @@ def _resume(plan: _Plan, results: Dict[int, LayerResult]) -> int:
         return 0
     done = plan.checkpoint.load()
     names = {plan.layers[i].name: i for i in plan.mine}
-    results.update({names[n]: rec for n, rec in done.items() if n in names})
+    # Types follow the options of this scan (group_experts, group_by), not those of the
+    # scan that wrote the checkpoint: they change no number.
+    results.update(
+        {names[n]: dataclasses.replace(rec, type=plan.layers[names[n]].type) for n, rec in done.items() if n in names}
+    )
     return len(results)
 
 
@@ -272,8 +320,12 @@ def _stream(plan: _Plan, results: Dict[int, LayerResult], no_noise: str, window_
         ck.open()
     try:
         with limit_blas_threads(plan.threads):
+            order, file_order = _schedule(plan, todo)
             stream = plan.catalog.stream(
-                todo, window_bytes=max(int(window_bytes), 1), raw=all(w.wants_raw for w in plan.workers)
+                order,
+                window_bytes=max(int(window_bytes), 1),
+                raw=all(w.wants_raw for w in plan.workers),
+                file_order=file_order,
             )
             try:
                 pipeline.run(stream, plan.workers, layers, no_noise, finished)
@@ -283,6 +335,19 @@ def _stream(plan: _Plan, results: Dict[int, LayerResult], no_noise: str, window_
         bar.close()
         if ck is not None:
             ck.close()
+
+
+def _schedule(plan: _Plan, todo: List[int]) -> Tuple[List[int], bool]:
+    """The order to read and compute the layers in, and whether it is the files' order.
+    Several CPU workers take the largest matrices first (by the cost model that also
+    balances torchrun shares, ``distributed.layer_cost``): in file order the last large
+    matrix (a Llama's ``lm_head``) ran alone on one core while the other idled. A GPU, or
+    a single worker, reads in file order, which keeps the disk reading sequentially."""
+    cpu_workers = sum(1 for w in plan.workers if str(w.device) == "cpu")
+    if cpu_workers < 2 or cpu_workers != len(plan.workers):
+        return todo, True
+    layers = plan.layers
+    return sorted(todo, key=lambda i: (-distributed.layer_cost(layers[i].rows, layers[i].cols), i)), False
 
 
 def _assemble(
@@ -305,6 +370,9 @@ def _assemble(
         "device": _describe(plan.workers),
         "no_noise": request.no_noise,
         "include_1d": request.include_1d,
+        "group_experts": request.group_experts,
+        "group_by": request.group_by,
+        "split_fused": request.split_fused,
         "types": request.types,
         "exclude": request.exclude,
         "seconds": round(time.perf_counter() - start, 3),

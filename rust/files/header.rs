@@ -1,15 +1,20 @@
 //! The header of a safetensors file: `parse` reads the 8-byte length, the JSON header and
 //! every tensor's dtype, shape and byte range out of the first bytes of a file, and
-//! checks them the way the safetensors crate does; `read` reads a file's head and parses
-//! it. `parse` is pure: it never panics and allocates only in proportion to the bytes it
-//! is given, whatever lengths, offsets or shapes they claim.
+//! checks them the way the safetensors crate does, and refuses a name declared twice
+//! (which the safetensors crate silently resolves to the last one); `read` reads a file's
+//! head and parses it. `parse` is pure: it never panics and allocates only in proportion
+//! to the bytes it is given, whatever lengths, offsets or shapes they claim (fuzzed:
+//! `fuzz/README.md`).
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::fs::File;
+use std::fmt;
+use std::fs::{File, Metadata};
 use std::io::Read;
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, TensorInfo};
+use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 use crate::error::{Result, SpectrumError};
@@ -67,14 +72,16 @@ pub enum HeaderError {
     NotUtf8(std::str::Utf8Error),
     #[error("header is not valid safetensors JSON ({0})")]
     NotJson(serde_json::Error),
+    #[error("tensor {name:?} is declared twice in the header (data_offsets [{}, {}] and [{}, {}])", .first.0, .first.1, .second.0, .second.1)]
+    Duplicate { name: String, first: (usize, usize), second: (usize, usize) },
     #[error("tensor {0:?} has data offsets that are out of range, overlapping or leave gaps")]
     Offsets(String),
-    #[error("a tensor's shape overflows when multiplied out")]
-    Overflow,
-    #[error("invalid safetensors file (MisalignedSlice)")]
-    Misaligned,
-    #[error("a tensor's shape and dtype do not match its byte range")]
-    Mismatch,
+    #[error("tensor {name:?} of shape {shape:?}: its size overflows when multiplied out")]
+    Overflow { name: String, shape: Vec<usize> },
+    #[error("tensor {0:?} does not end on a byte boundary (invalid safetensors file: MisalignedSlice)")]
+    Misaligned(String),
+    #[error("tensor {name:?} of shape {shape:?}: its shape and dtype do not match its byte range [{}, {}]", .offsets.0, .offsets.1)]
+    Mismatch { name: String, shape: Vec<usize>, offsets: (usize, usize) },
     #[error("file size does not match the tensors its header declares: truncated or padded")]
     FileSize,
 }
@@ -87,7 +94,31 @@ struct HashMetadata {
     // Parsed so that a malformed `__metadata__` is refused, as safetensors does; not used.
     _metadata: Option<HashMap<String, String>>,
     #[serde(flatten)]
-    tensors: HashMap<String, TensorInfo>,
+    tensors: Entries,
+}
+
+/// The tensors of a header in the order written, a name written twice included (a map
+/// would silently keep the last of the two).
+struct Entries(Vec<(String, TensorInfo)>);
+
+impl<'de> Deserialize<'de> for Entries {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Each;
+        impl<'de> Visitor<'de> for Each {
+            type Value = Entries;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Entries, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry::<String, TensorInfo>()? {
+                    out.push(entry);
+                }
+                Ok(Entries(out))
+            }
+        }
+        d.deserialize_map(Each)
+    }
 }
 
 pub fn fnv1a(bytes: &[u8]) -> u64 {
@@ -112,8 +143,21 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<Header, HeaderError> {
     let json = bytes.get(LEN_BYTES..LEN_BYTES + n).ok_or(HeaderError::PastEnd)?;
     let text = std::str::from_utf8(json).map_err(HeaderError::NotUtf8)?;
     let meta: HashMetadata = serde_json::from_str(text).map_err(HeaderError::NotJson)?;
+    let mut first: HashMap<&str, (usize, usize)> = HashMap::with_capacity(meta.tensors.0.len());
+    for (name, info) in &meta.tensors.0 {
+        match first.entry(name) {
+            Entry::Occupied(e) => {
+                return Err(HeaderError::Duplicate { name: name.clone(), first: *e.get(), second: info.data_offsets })
+            }
+            Entry::Vacant(e) => {
+                e.insert(info.data_offsets);
+            }
+        }
+    }
+    drop(first);
     let mut tensors: Vec<HeaderTensor> = meta
         .tensors
+        .0
         .into_iter()
         .map(|(name, info)| HeaderTensor {
             name,
@@ -141,13 +185,18 @@ fn validate(tensors: &[HeaderTensor]) -> std::result::Result<usize, HeaderError>
             return Err(HeaderError::Offsets(t.name.clone()));
         }
         start = e;
-        let elements = t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or(HeaderError::Overflow)?;
-        let bits = elements.checked_mul(t.dtype.bitsize()).ok_or(HeaderError::Overflow)?;
+        let overflow = || HeaderError::Overflow { name: t.name.clone(), shape: t.shape.clone() };
+        let elements = t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(overflow)?;
+        let bits = elements.checked_mul(t.dtype.bitsize()).ok_or_else(overflow)?;
         if bits % 8 != 0 {
-            return Err(HeaderError::Misaligned);
+            return Err(HeaderError::Misaligned(t.name.clone()));
         }
         if e - s != bits / 8 {
-            return Err(HeaderError::Mismatch);
+            return Err(HeaderError::Mismatch {
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                offsets: t.data_offsets,
+            });
         }
     }
     Ok(start)
@@ -156,8 +205,15 @@ fn validate(tensors: &[HeaderTensor]) -> std::result::Result<usize, HeaderError>
 /// Reads and checks the header of one file, and that the file is as long as it says.
 /// Returns the file's size and its header.
 pub fn read(path: &Path) -> Result<(u64, Header)> {
+    read_open(path).map(|(_, meta, header)| (meta.len(), header))
+}
+
+/// `read`, also returning the open file and its metadata as it was before the header was
+/// read (the size returned is its length).
+pub fn read_open(path: &Path) -> Result<(File, Metadata, Header)> {
     let mut file = File::open(path).map_err(|e| SpectrumError::file(path, format!("cannot open: {e}")))?;
-    let size = file.metadata().map_err(|e| SpectrumError::file(path, format!("cannot stat: {e}")))?.len();
+    let meta = file.metadata().map_err(|e| SpectrumError::file(path, format!("cannot stat: {e}")))?;
+    let size = meta.len();
     if size < LEN_BYTES as u64 {
         return Err(SpectrumError::file(
             path,
@@ -170,6 +226,8 @@ pub fn read(path: &Path) -> Result<(u64, Header)> {
     // the 8 bytes alone make `parse` say which of the two is wrong.
     let claimed = u64::from_le_bytes([head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7]]);
     if claimed <= MAX_HEADER as u64 && claimed <= size - LEN_BYTES as u64 {
+        head.try_reserve_exact(claimed as usize)
+            .map_err(|_| SpectrumError::memory(path, format!("cannot allocate {claimed} bytes to read the header")))?;
         head.resize(LEN_BYTES + claimed as usize, 0);
         file.read_exact(&mut head[LEN_BYTES..]).map_err(|e| SpectrumError::file(path, format!("cannot read: {e}")))?;
     }
@@ -177,7 +235,7 @@ pub fn read(path: &Path) -> Result<(u64, Header)> {
     if header.file_len() != Some(size) {
         return Err(SpectrumError::file(path, HeaderError::FileSize.to_string()));
     }
-    Ok((size, header))
+    Ok((file, meta, header))
 }
 
 #[cfg(test)]
@@ -274,6 +332,34 @@ mod tests {
     }
 
     #[test]
+    fn a_name_declared_twice_is_refused() {
+        // The same offsets twice: safetensors accepts it (its map keeps the last entry).
+        let text = r#"{"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
+                       "w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}"#;
+        let mut file = with_len(text.as_bytes());
+        file.extend_from_slice(&[0; 16]);
+        assert!(safetensors::tensor::SafeTensors::read_metadata(&file).is_ok());
+        let e = err(&file);
+        assert!(matches!(&e, HeaderError::Duplicate { name, first: (0, 16), second: (0, 16) } if name == "w"));
+        assert_eq!(e.to_string(), "tensor \"w\" is declared twice in the header (data_offsets [0, 16] and [0, 16])");
+        // Another shape and dtype at other offsets: named with both places.
+        let e = json(
+            r#"{"a": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
+                "w": {"dtype": "F32", "shape": [4], "data_offsets": [16, 32]},
+                "w": {"dtype": "BF16", "shape": [8], "data_offsets": [32, 48]}}"#,
+        );
+        assert_eq!(e.to_string(), "tensor \"w\" is declared twice in the header (data_offsets [16, 32] and [32, 48])");
+        // Names that differ only in escaping are the same name.
+        let e = json(
+            r#"{"w": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]},
+                "\u0077": {"dtype": "U8", "shape": [1], "data_offsets": [1, 2]}}"#,
+        );
+        assert!(matches!(&e, HeaderError::Duplicate { name, .. } if name == "w"), "{e}");
+        // `__metadata__` twice is malformed JSON for safetensors too.
+        assert!(matches!(json(r#"{"__metadata__": {}, "__metadata__": {}}"#), HeaderError::NotJson(_)));
+    }
+
+    #[test]
     fn offsets_that_overlap_leave_gaps_or_run_backwards() {
         let e = json(
             r#"{"a.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
@@ -300,18 +386,31 @@ mod tests {
     #[test]
     fn shapes_that_do_not_match_their_bytes() {
         let e = json(r#"{"w.weight": {"dtype": "F32", "shape": [3, 3], "data_offsets": [0, 16]}}"#);
-        assert!(matches!(e, HeaderError::Mismatch));
-        assert!(e.to_string().contains("shape"));
+        assert!(matches!(&e, HeaderError::Mismatch { name, .. } if name == "w.weight"));
+        assert_eq!(
+            e.to_string(),
+            "tensor \"w.weight\" of shape [3, 3]: its shape and dtype do not match its byte range [0, 16]"
+        );
         assert!(matches!(
             json(r#"{"w": {"dtype": "BF16", "shape": [4, 4], "data_offsets": [0, 64]}}"#),
-            HeaderError::Mismatch
+            HeaderError::Mismatch { .. }
         ));
+        // Products of header numbers that overflow name the tensor and its shape.
         let e = json(r#"{"w": {"dtype": "F32", "shape": [4294967296, 4294967296], "data_offsets": [0, 16]}}"#);
-        assert!(matches!(e, HeaderError::Overflow));
+        assert_eq!(
+            e.to_string(),
+            "tensor \"w\" of shape [4294967296, 4294967296]: its size overflows when multiplied out"
+        );
         let e = json(r#"{"w": {"dtype": "F64", "shape": [2305843009213693952], "data_offsets": [0, 16]}}"#);
-        assert!(matches!(e, HeaderError::Overflow));
+        assert!(matches!(&e, HeaderError::Overflow { name, shape } if name == "w" && shape[..] == [1 << 61]));
+        // A zero first does not hide an overflow later: 0 x 3^30 x 3^30 is 0 elements.
+        let h = parse(&with_len(
+            br#"{"w": {"dtype": "F32", "shape": [0, 205891132094649, 205891132094649], "data_offsets": [0, 0]}}"#,
+        ));
+        assert_eq!(h.unwrap().tensors[0].shape, [0, 205891132094649, 205891132094649]);
         let e = json(r#"{"w": {"dtype": "F4", "shape": [3], "data_offsets": [0, 1]}}"#);
-        assert!(matches!(e, HeaderError::Misaligned));
+        assert!(matches!(&e, HeaderError::Misaligned(name) if name == "w"));
+        assert!(e.to_string().starts_with("tensor \"w\" does not end on a byte boundary"), "{e}");
     }
 
     #[test]
@@ -386,13 +485,22 @@ mod tests {
 
     /// `parse` plus the file-size check says what the safetensors crate says.
     fn same_as_safetensors(file: &[u8]) {
-        let ours = parse(file).map_err(|e| e.to_string()).and_then(|h| {
+        // Where we name the tensor, safetensors does not: compare the kinds.
+        let generic = |e: HeaderError| match e {
+            HeaderError::Overflow { .. } => "a tensor's shape overflows when multiplied out".to_string(),
+            HeaderError::Misaligned(_) => "invalid safetensors file (MisalignedSlice)".to_string(),
+            HeaderError::Mismatch { .. } => "a tensor's shape and dtype do not match its byte range".to_string(),
+            e => e.to_string(),
+        };
+        let ours = parse(file).map_err(generic).and_then(|h| {
             (h.file_len() == Some(file.len() as u64)).then_some(()).ok_or_else(|| HeaderError::FileSize.to_string())
         });
         match (ours, safetensors_says(file)) {
             (Ok(()), Ok(())) => {}
             // Which of several tensors at one offset is named is arbitrary in safetensors.
             (Err(a), Err(b)) if a.contains("has data offsets") && b.contains("has data offsets") => {}
+            // A name written twice: safetensors keeps the last one, which then fails or not.
+            (Err(a), _) if a.contains("is declared twice") => {}
             (a, b) => assert_eq!(a, b, "on {file:?}"),
         }
     }

@@ -1,11 +1,17 @@
 //! The index of a sharded model (`model.safetensors.index.json`): `parse_index` reads its
 //! `weight_map` (tensor name -> shard file name) and checks that every shard is named
-//! inside the model folder; `read_index` reads an index file, parses it and checks that
-//! its shards exist. `parse_index` is pure: it never panics and allocates only in
-//! proportion to the text it is given.
+//! inside the model folder, and that no tensor is listed twice; `read_index` reads an
+//! index file, parses it and checks that its shards exist. `parse_index` is pure: it
+//! never panics and allocates only in proportion to the text it is given (fuzzed:
+//! `fuzz/README.md`).
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
+use std::fmt;
 use std::path::{Component, Path, PathBuf};
+
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
 
 use crate::error::{Result, SpectrumError};
 use crate::naming::natural_key;
@@ -33,12 +39,75 @@ pub enum IndexError {
     OutsideFolder { name: String, file: String },
     #[error("index weight_map is empty")]
     Empty,
+    #[error("weight_map lists tensor {name:?} twice ({first} and {second})")]
+    Duplicate { name: String, first: String, second: String },
+    #[error("index has more than one \"weight_map\"")]
+    TwoWeightMaps,
+}
+
+/// The index's `weight_map` as written: every entry in order, a name written twice
+/// included (the JSON object that `serde_json::Value` makes keeps only the last).
+#[derive(Deserialize)]
+struct Written {
+    weight_map: Entries,
+}
+
+struct Entries(Vec<(String, serde_json::Value)>);
+
+impl<'de> Deserialize<'de> for Entries {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Each;
+        impl<'de> Visitor<'de> for Each {
+            type Value = Entries;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Entries, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry::<String, serde_json::Value>()? {
+                    out.push(entry);
+                }
+                Ok(Entries(out))
+            }
+        }
+        d.deserialize_map(Each)
+    }
+}
+
+/// Refuses a tensor the weight map lists twice. Called once the text parsed as JSON with
+/// a `weight_map` object, so the only way this second, order-keeping parse can fail is
+/// a second `weight_map`.
+fn no_duplicates(text: &str) -> std::result::Result<(), IndexError> {
+    #[derive(Deserialize)]
+    struct Keys {
+        #[serde(rename = "weight_map")]
+        _weight_map: IgnoredAny,
+    }
+    let _ = serde_json::from_str::<Keys>(text).map_err(|_| IndexError::TwoWeightMaps)?;
+    let written: Written = serde_json::from_str(text).map_err(|_| IndexError::TwoWeightMaps)?;
+    let mut first: HashMap<&str, &serde_json::Value> = HashMap::with_capacity(written.weight_map.0.len());
+    for (name, file) in &written.weight_map.0 {
+        match first.entry(name) {
+            Entry::Occupied(e) => {
+                return Err(IndexError::Duplicate {
+                    name: name.clone(),
+                    first: e.get().to_string(),
+                    second: file.to_string(),
+                })
+            }
+            Entry::Vacant(e) => {
+                e.insert(file);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Parses the text of an index file.
 pub fn parse_index(text: &str) -> std::result::Result<WeightMap, IndexError> {
     let json: serde_json::Value = serde_json::from_str(text).map_err(IndexError::NotJson)?;
     let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or(IndexError::NoWeightMap)?;
+    no_duplicates(text)?;
     let mut entries: Vec<(&String, &serde_json::Value)> = map.iter().collect();
     entries.sort_by_cached_key(|(k, _)| natural_key(k));
     let mut tensors = Vec::with_capacity(entries.len());
@@ -169,6 +238,33 @@ mod tests {
             let text = serde_json::json!({"weight_map": {"w.weight": file}}).to_string();
             assert_eq!(parse_index(&text).unwrap().shards, [file]);
         }
+    }
+
+    #[test]
+    fn refuses_a_tensor_listed_twice() {
+        // serde_json keeps the last of two keys: the first file would be silently ignored.
+        let text = r#"{"weight_map": {"a.weight": "x.safetensors", "b.weight": "x.safetensors",
+                                      "a.weight": "y.safetensors"}}"#;
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(text).unwrap()["weight_map"].as_object().unwrap().len(),
+            2
+        );
+        let e = refused(text);
+        assert!(matches!(&e, IndexError::Duplicate { name, .. } if name == "a.weight"));
+        assert_eq!(
+            e.to_string(),
+            "weight_map lists tensor \"a.weight\" twice (\"x.safetensors\" and \"y.safetensors\")"
+        );
+        // Twice with the same file, and a name spelt with an escape, are duplicates too.
+        let e = refused(r#"{"weight_map": {"a": "x.safetensors", "\u0061": "x.safetensors"}}"#);
+        assert_eq!(e.to_string(), "weight_map lists tensor \"a\" twice (\"x.safetensors\" and \"x.safetensors\")");
+        // Two weight maps: the first would be silently ignored.
+        let e = refused(r#"{"weight_map": {"a": "x.safetensors"}, "weight_map": {"b": "y.safetensors"}}"#);
+        assert!(matches!(e, IndexError::TwoWeightMaps));
+        let e = refused(r#"{"weight_map": 3, "metadata": {}, "weight_map": {"b": "y.safetensors"}}"#);
+        assert_eq!(e.to_string(), "index has more than one \"weight_map\"");
+        // Other keys may repeat (only the weight map is read).
+        assert!(parse_index(r#"{"metadata": 1, "metadata": 2, "weight_map": {"a": "x.safetensors"}}"#).is_ok());
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! The model's files on disk: which files a path stands for (`resolve`), the header of
-//! each safetensors file (`header`) and the index of a sharded model (`index`).
+//! each safetensors file (`header`), the index of a sharded model (`index`), and each
+//! file as the catalog opened it, with the checked reads of its bytes (`shard`).
 
 pub mod header;
 pub mod index;
 pub mod resolve;
+pub mod shard;
 
 pub use header::{Header, HeaderError, HeaderTensor};
 pub use index::{parse_index, Index, IndexError, WeightMap};
 pub use resolve::{resolve, Resolved, INDEX_NAME, SINGLE_NAME};
+pub use shard::{Shard, ShardReader, Stamp};
 
 /// Temporary folders and hand-built safetensors files for the unit tests.
 #[cfg(test)]

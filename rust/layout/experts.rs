@@ -1,32 +1,27 @@
 //! Fused mixture-of-experts layouts: one 3-D tensor `[E, out, in]` of stacked experts
-//! (docs/method.md §1) is E layers, `<layer>.<e>`, each reading its expert's slice of the tensor.
+//! (docs/method.md §1, docs/layouts.md) is E layers, `<layer>.<e>`, each reading its
+//! expert's slice of the tensor (the tensor is never read whole). gpt-oss and Llama-4
+//! store `[E, in, out]`: the SNR of a matrix and of its transpose are the same.
 
 use crate::decode::is_float;
-use crate::layout::{Part, TensorEntry};
+use crate::layout::{base_name, Source, TensorEntry};
 
 /// A fused tensor of stacked experts `[E, out, in]`: 3-D, a float type, an `experts`
-/// part in its name, and data for every expert (a header declaring millions of empty
-/// experts is not split).
+/// part in its name, and each expert a real matrix (at least 2 x 2, so that a tiny
+/// header declaring a million empty or 1 x 1 experts is one matrix, not a million
+/// layers). How many experts one tensor may have is capped (`Options::max_experts`).
 pub fn is_stacked_experts(t: &TensorEntry) -> bool {
-    t.shape.len() == 3
+    matches!(t.shape[..], [e, rows, cols] if e > 0 && rows >= 2 && cols >= 2)
         && is_float(t.dtype)
         && t.name.split('.').any(|p| p == "experts")
-        && t.end > t.begin
-        && t.shape[0] <= t.end - t.begin
 }
 
-/// The layers of a stacked tensor `ti` of `shape` `[E, out, in]` named `name`: one per
-/// expert, as `(name.e, part, (out, in))`.
-pub fn expert_layers<'a>(
-    name: &'a str,
-    ti: usize,
-    shape: &[usize],
-) -> impl Iterator<Item = (String, Part, (usize, usize))> + 'a {
-    let (experts, rows, cols) = match shape {
-        [e, rows, cols] => (*e, *rows, *cols),
-        _ => (0, 0, 0),
-    };
-    (0..experts).map(move |e| (format!("{name}.{e}"), Part { tensor: ti, expert: Some(e) }, (rows, cols)))
+/// The layers of a stacked tensor: `[E, out, in]` is E matrices `(out, in)`.
+pub fn source(t: &TensorEntry) -> Option<Source> {
+    match t.shape[..] {
+        [e, rows, cols] => Some(Source::new(base_name(t), Some(e), rows, &[cols])),
+        _ => None,
+    }
 }
 
 /// Byte range of expert `e` of a stacked tensor.

@@ -159,3 +159,28 @@ def test_process_groups_neither_hang_nor_hide_a_rank_error(tmp_path, mode):
         # Both ranks raise, and both name the rank whose checkpoint was refused.
         assert p.stdout.count("raised:") == 2
         assert p.stdout.count("ck.jsonl.rank1-of-2: not a spectrum-rs checkpoint") == 2
+
+
+def test_the_stream_reads_in_the_order_given_when_asked(tmp_path):
+    # Largest first, the scheduler's order for several CPU workers: the reader keeps it.
+    g = torch.Generator().manual_seed(3)
+    tensors = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(8 + 8 * i, 16, generator=g) for i in range(5)}
+    folder = write_single(tmp_path / "m", tensors)
+    cat = spectrum_rs._core.Catalog([str(folder)])
+    by_size = sorted(range(5), key=lambda i: -cat.layers()[i].rows)
+    stream = cat.stream(by_size, file_order=False)
+    assert [index for index, _, _ in stream] == by_size
+    stream = cat.stream(by_size)  # the default: the files' order
+    assert [index for index, _, _ in stream] == sorted(by_size, key=lambda i: cat.layers()[i].name)
+
+
+def test_largest_first_scheduling_gives_the_numbers_of_file_order(tmp_path):
+    g = torch.Generator().manual_seed(4)
+    tensors = {
+        f"model.layers.{i}.mlp.up_proj.weight": torch.randn(16 + 24 * (i % 3), 32, generator=g) for i in range(9)
+    }
+    folder = write_single(tmp_path / "m", tensors)
+    with threadpool_limits(limits=2, user_api="blas"):
+        two = spectrum_rs.scan(folder, device="cpu")  # two workers: largest first
+    one = spectrum_rs.scan(folder, device=["cpu"])  # one worker: file order
+    assert [(r.name, r.snr) for r in two] == [(r.name, r.snr) for r in one]

@@ -1,12 +1,13 @@
 """What ``config.json`` beside the weights says that changes the report: whether the output
-head is tied to the input embedding (docs/method.md §1) and the block size of FP8 weight
-scales."""
+head is tied to the input embedding (docs/method.md §1), the block size of FP8 weight
+scales, the family (``model_type``: how it fuses its projections) and the quantization
+method (named when a packed format is refused; docs/layouts.md)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 
 def read_config(model_dir: Optional[Path]) -> Dict[str, Any]:
@@ -48,4 +49,52 @@ def fp8_scale_block(config: Dict[str, Any]) -> Optional[Tuple[int, int]]:
             and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in block)
         ):
             return int(block[0]), int(block[1])
+    return None
+
+
+def _text_first(config: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
+    """The config, then its ``text_config`` (multimodal models keep the language model's
+    settings there)."""
+    for c in (config, config.get("text_config") or {}):
+        if isinstance(c, dict):
+            yield c
+
+
+def model_type(config: Dict[str, Any]) -> Optional[str]:
+    """``model_type`` (``"gpt_oss"``, ``"llama4"``, ``"qwen3_moe"``), or None."""
+    for c in _text_first(config):
+        t = c.get("model_type")
+        if isinstance(t, str) and t:
+            return t
+    return None
+
+
+def quant_method(config: Dict[str, Any]) -> Optional[str]:
+    """``quantization_config.quant_method`` (``"gptq"``, ``"awq"``, ``"fp8"``, ``"mxfp4"``), or None."""
+    for c in _text_first(config):
+        q = c.get("quantization_config")
+        m = q.get("quant_method") if isinstance(q, dict) else None
+        if isinstance(m, str) and m:
+            return m
+    return None
+
+
+def _positive_int(*values: Any) -> Optional[int]:
+    for v in values:
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
+
+
+def attention_heads(config: Dict[str, Any]) -> Optional[Tuple[int, int, int]]:
+    """``(heads, key/value heads, head size)`` of the (language) model, to split fused
+    attention (docs/layouts.md), or None when the config does not say."""
+    for c in _text_first(config):
+        heads = _positive_int(c.get("num_attention_heads"), c.get("n_head"), c.get("num_heads"))
+        if heads is None:
+            continue
+        kv = _positive_int(c.get("num_key_value_heads"), c.get("num_kv_heads")) or heads
+        hidden = _positive_int(c.get("hidden_size"), c.get("n_embd"), c.get("d_model"))
+        size = _positive_int(c.get("head_dim")) or (hidden // heads if hidden else None)
+        return (heads, kv, size) if size else None
     return None
