@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from .errors import SpectrumError
+from .io.text import printable
 from .results import ScanResult
 
 
@@ -110,10 +111,10 @@ def plot_snr(result: ScanResult, path: Union[str, Path], top_percent: Optional[f
     ax.set_xticks(range(0, len(labels), step))
     ax.set_xticklabels(labels[::step], fontsize=7)
     ax.set_yticks(range(len(types)))
-    ax.set_yticklabels(types, fontsize=8)
+    ax.set_yticklabels([printable(t) for t in types], fontsize=8)
     ax.set_xlabel("layer index")
     ax.set_ylabel("layer type")
-    ax.set_title(f"Spectrum SNR: {result.model_name} (outlined: top {pct:g}% per type)", fontsize=9)
+    ax.set_title(f"Spectrum SNR: {printable(result.model_name)} (outlined: top {pct:g}% per type)", fontsize=9)
     bar = fig.colorbar(im, ax=ax)
     bar.set_label("SNR / best SNR of its type (1 = best)")
     # The best SNR of each type, so the absolute values stay readable.

@@ -77,18 +77,24 @@ def test_show_agrees_with_the_yaml_about_embeddings_and_head(tmp_path):
 
 
 def test_show_summarises_a_large_result_per_type(tmp_path):
+    # A MoE result with reference types: one type per expert number (64 of them per projection).
     layers = [
         spectrum_rs.LayerResult(
-            name=f"model.layers.{i // 64}.mlp.experts.{i % 64}.down_proj", type="mlp.experts.*.down_proj", snr=float(i)
+            name=f"model.layers.{i // 64}.mlp.experts.{i % 64}.down_proj",
+            type=f"mlp.experts.{i % 64}.down_proj",
+            snr=float(i),
         )
         for i in range(4000)
     ]
     layers.append(spectrum_rs.LayerResult(name="lm_head", type="lm_head", snr=1.0))
     paths = spectrum_rs.ScanResult(model_name="moe", layers=layers).save(tmp_path, name="moe")
     out = run("show", paths["results"]).stdout.splitlines()
-    assert len(out) <= 10  # a screenful
+    assert len(out) <= 10  # a screenful: the 64 expert types are one family line
     row = next(line for line in out if line.strip().startswith("mlp.experts.*.down_proj"))
-    assert row.split()[1:3] == ["4000", "1000"]  # layers, trained at 25 %
+    # 64 types, 4000 layers; int(count * 25 / 100) of each type's 62 or 63 layers trains.
+    expected_trained = sum(int(sum(1 for i in range(4000) if i % 64 == e) * 25 / 100) for e in range(64))
+    assert row.split()[1:4] == ["64", "4000", str(expected_trained)]
+    assert row.split()[-1] == "model.layers.62.mlp.experts.31.down_proj"  # the highest SNR, 3999
     assert len(run("show", paths["results"], "--full").stdout.splitlines()) > 4000
 
 
@@ -150,3 +156,12 @@ def test_plot_colours_each_type_by_its_own_best_layer():
     assert list(h.relative[q_row][:3]) == [1.0, 0.5, 0.25]
     assert list(h.relative[up_row][:3]) == [0.5, 1.0, 0.25]
     assert h.best[q_row] == 0.2 and h.labels == ["0", "1", "2", "other"]
+
+
+def test_the_default_read_ahead_window_is_128_mib():
+    from spectrum_rs.cli import build_parser
+    from spectrum_rs.scan import DEFAULT_WINDOW_BYTES
+
+    args = build_parser().parse_args(["scan", "some/model"])
+    assert args.window_bytes == DEFAULT_WINDOW_BYTES == 128 << 20
+    assert build_parser().parse_args(["scan", "m", "--window-mb", "0.5"]).window_bytes == 1 << 19

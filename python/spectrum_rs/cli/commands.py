@@ -54,6 +54,11 @@ def cmd_scan(args: argparse.Namespace) -> int:
             types=args.types,
             exclude=args.exclude,
             include_1d=args.include_1d,
+            group_experts=args.group_experts,
+            group_by=args.group_by,
+            split_fused=args.split_fused,
+            max_experts=args.max_experts,
+            max_layers=args.max_layers,
             top_percent=args.top_percent,
             device=args.device,
             method=args.method,
@@ -154,6 +159,7 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from ..io.text import printable
     from ..results import ScanResult
 
     result = ScanResult.load(args.results)
@@ -164,17 +170,17 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.summary or (args.summary is None and len(result) > SHOW_FULL_UP_TO):
         sys.stdout.write(_summary(result, ranked, chosen, always, args.top_percent))
         return 0
-    width = max((len(layer.name) for layer in result), default=5)
+    width = max((len(printable(layer.name)) for layer in result), default=5)
     out = []
     for t, layers in ranked.items():
         k = sum(1 for layer in layers if layer.name in chosen)
         fixed = sum(1 for layer in layers if layer.name in always and layer.name not in chosen)
         note = f"; {fixed} more trained as embedding/head" if fixed else ""
-        out.append(f"{t}  ({k} of {len(layers)} selected at {args.top_percent:g}%{note})")
+        out.append(f"{printable(t)}  ({k} of {len(layers)} selected at {args.top_percent:g}%{note})")
         out.append(f"  {'rank':>4}  {'layer':<{width}}  {'snr':>12}  trained")
         for rank, layer in enumerate(layers, 1):
             mark = "yes" if layer.name in chosen else "yes (embedding/head)" if layer.name in always else ""
-            out.append(f"  {rank:>4}  {layer.name:<{width}}  {layer.snr:>12.6g}  {mark}")
+            out.append(f"  {rank:>4}  {printable(layer.name):<{width}}  {layer.snr:>12.6g}  {mark}")
         out.append("")
     sys.stdout.write("\n".join(out))
     return 0
@@ -185,23 +191,37 @@ SHOW_FULL_UP_TO = 300
 
 
 def _summary(result: Any, ranked: Dict[str, List[Any]], chosen: Set[str], always: Set[str], pct: float) -> str:
-    """One line per type: how many layers, how many trained, the SNR range and the best
-    layers; fits a screen for a 47,000-layer MoE result with a few dozen types."""
+    """One line per type, and one line per family of types that differ only by an expert
+    number (``mlp.experts.7.down_proj`` -> ``mlp.experts.*.down_proj``, 256 types of a
+    MoE model): layers, how many train, the SNR range and the best layer. A 45,000-layer
+    DeepSeek-V3 result fits a screen."""
     import math
+    import re
     import statistics
 
-    width = max((len(t) for t in ranked), default=4)
+    from ..io.text import printable
+
+    families: Dict[str, List[str]] = {}
+    for t in ranked:
+        families.setdefault(printable(re.sub(r"(^|\.)\d+(?=\.|$)", r"\1*", t)), []).append(t)
+    width = min(max((len(f) for f in families), default=4), 48)
     out = [
-        f"{result.model_name}: {len(result)} layers in {len(ranked)} types; top {pct:g}% of each type "
+        f"{result.model_name}: {len(result)} layers in {len(ranked)} types; top {pct:g}% of each type trains "
         f"(--full lists every layer)",
-        f"  {'type':<{width}}  {'layers':>6}  {'trained':>7}  {'snr min':>10}  {'median':>10}  {'max':>10}  best",
+        f"  {'type':<{width}}  {'types':>5}  {'layers':>6}  {'trained':>7}  {'snr min':>9}  {'median':>9}  "
+        f"{'max':>9}  best",
     ]
-    for t, layers in ranked.items():
+    for family, members in families.items():
+        layers = [layer for t in members for layer in ranked[t]]
         snrs = [float(layer.snr) for layer in layers if not math.isnan(float(layer.snr))]
         k = sum(1 for layer in layers if layer.name in chosen or layer.name in always)
         lo, mid, hi = (min(snrs), statistics.median(snrs), max(snrs)) if snrs else (math.nan,) * 3
-        best = ", ".join(layer.name for layer in layers[:2]) + (", ..." if len(layers) > 2 else "")
-        out.append(f"  {t:<{width}}  {len(layers):>6}  {k:>7}  {lo:>10.4g}  {mid:>10.4g}  {hi:>10.4g}  {best}")
+        top = max(layers, key=lambda layer: -math.inf if math.isnan(float(layer.snr)) else float(layer.snr))
+        label = family if len(family) <= width else "..." + family[-(width - 3) :]
+        out.append(
+            f"  {label:<{width}}  {len(members):>5}  {len(layers):>6}  {k:>7}  {lo:>9.4g}  {mid:>9.4g}  "
+            f"{hi:>9.4g}  {printable(top.name)}"
+        )
     return "\n".join(out) + "\n"
 
 
@@ -214,9 +234,37 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from ..run.plan import format_plan, plan
+
+    device = args.device[0] if len(args.device) == 1 else args.device
+    result = plan(
+        args.model,
+        device=device,
+        types=args.types,
+        exclude=args.exclude,
+        include_1d=args.include_1d,
+        group_experts=args.group_experts,
+        group_by=args.group_by,
+        split_fused=args.split_fused,
+        max_experts=args.max_experts,
+        max_layers=args.max_layers,
+        window_bytes=args.window_bytes,
+        read_bytes_per_s=args.read_mib_s * (1 << 20) if args.read_mib_s else None,
+        recalibrate=args.recalibrate,
+        on_calibrate=lambda text: print(f"spectrum-rs: {text}", file=sys.stderr, flush=True),
+    )
+    if args.json:
+        sys.stdout.write(json.dumps(result, indent=1) + "\n")
+    else:
+        sys.stdout.write(format_plan(result))
+    return 0
+
+
 COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
     "scan": cmd_scan,
     "select": cmd_select,
     "show": cmd_show,
     "plot": cmd_plot,
+    "plan": cmd_plan,
 }

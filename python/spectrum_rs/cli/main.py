@@ -10,7 +10,7 @@ from typing import List, Optional
 
 from .._core import __version__
 from ..errors import InternalError, SpectrumError
-from ..options import DTYPES, METHODS, NO_NOISE, check_top_percent
+from ..options import DTYPES, GROUP_BY, METHODS, NO_NOISE, check_top_percent
 from .commands import COMMANDS
 
 
@@ -57,6 +57,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--exclude", nargs="+", default=None, metavar="TYPE", help="types, names or globs to skip")
     s.add_argument("--include-1d", action="store_true", help="also report 1-D tensors (norms), as the reference does")
+    s.add_argument(
+        "--group-experts",
+        action="store_true",
+        help="one type for all experts of a projection (mlp.experts.*.down_proj), so experts are ranked "
+        "against each other (default: one type per expert number, as the reference)",
+    )
+    s.add_argument(
+        "--group-by",
+        choices=GROUP_BY,
+        default="type",
+        help="type (default, the reference's types) or stack: keep the stacks of a multimodal or "
+        "encoder-decoder model (vision tower, language model) in different types",
+    )
+    s.add_argument(
+        "--split-fused",
+        action="store_true",
+        help="scan the halves of a fused gate_up_proj and the q/k/v of a fused attention matrix as layers of "
+        "their own (docs/layouts.md says how each family fuses them)",
+    )
+    s.add_argument(
+        "--max-experts",
+        type=int,
+        default=None,
+        metavar="N",
+        help="most layers one stacked-experts tensor may become (default 65536)",
+    )
+    s.add_argument(
+        "--max-layers", type=int, default=None, metavar="N", help="most layers a model may have (default 4000000)"
+    )
     s.add_argument("--device", default="auto", help="auto (default), cpu, cuda (every GPU) or cuda:N")
     s.add_argument(
         "--method", choices=METHODS, default="gram", help="singular values from the Gram matrix (default) or a full SVD"
@@ -84,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--window-mb",
         type=_positive_mb,
-        default=128,
+        default="128",  # a string: argparse converts string defaults only (128 was 128 bytes)
         dest="window_bytes",
         metavar="MIB",
         help="host memory for layers read ahead, in MiB (default 128)",
@@ -158,6 +187,50 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("results", help="a results JSON (ours or the reference tool's, either shape)")
     pl.add_argument("-o", "--output", required=True, metavar="PNG", help="PNG file to write")
     pl.add_argument("--top-percent", type=_percent, default=25.0, metavar="P", help=pct_help)
+
+    pn = sub.add_parser(
+        "plan",
+        parents=[common],
+        help="predict a scan's time and peak memory from the headers alone (no weights read)",
+        description="What `scan MODEL` will cost, from the safetensors headers alone: layers, bytes, the work "
+        "of each layer's singular values, the predicted wall time on this machine (a short calibration of its "
+        "kernels, cached) and the predicted peak host memory. No weight byte is read; a model id is read "
+        "from the local Hugging Face cache only.",
+    )
+    pn.add_argument("model", help="model folder, .safetensors file, index file, or a Hugging Face id in the cache")
+    pn.add_argument("--types", nargs="+", default=None, metavar="TYPE", help="as for scan (default: every matrix)")
+    pn.add_argument("--exclude", nargs="+", default=None, metavar="TYPE", help="as for scan")
+    pn.add_argument("--include-1d", action="store_true", help="as for scan: also 1-D tensors (norms)")
+    pn.add_argument("--group-experts", action="store_true", help="as for scan")
+    pn.add_argument("--group-by", choices=GROUP_BY, default="type", help="as for scan")
+    pn.add_argument("--split-fused", action="store_true", help="as for scan")
+    pn.add_argument("--max-experts", type=int, default=None, metavar="N", help="as for scan")
+    pn.add_argument("--max-layers", type=int, default=None, metavar="N", help="as for scan")
+    pn.add_argument(
+        "--device",
+        nargs="+",
+        default=["auto"],
+        metavar="DEVICE",
+        help="auto (default), cpu, cuda (every GPU), cuda:N, or several (cuda:0 cuda:1); a GPU that is not "
+        "here is planned with an uncalibrated rough model",
+    )
+    pn.add_argument(
+        "--window-mb",
+        type=_positive_mb,
+        default="128",
+        dest="window_bytes",
+        metavar="MIB",
+        help="the scan's read-ahead window, in MiB (default 128)",
+    )
+    pn.add_argument(
+        "--read-mib-s",
+        type=float,
+        default=None,
+        metavar="MIB_S",
+        help="disk read rate for model bytes not in the page cache (default: 1024 MiB/s assumed, and said so)",
+    )
+    pn.add_argument("--recalibrate", action="store_true", help="measure this machine's kernels again")
+    pn.add_argument("--json", action="store_true", help="print the plan as JSON (schema: spectrum_rs.run.plan.plan)")
     return p
 
 
