@@ -341,10 +341,11 @@ fn read_one(reader: &mut Reader<'_>, l: usize, raw: bool, window: &Window) -> Re
     let decoded = read_n.checked_mul(4).filter(|&b| b <= isize::MAX as usize);
     let (begin, end) = cat.part_range(layer.weight);
     let stored = end.checked_sub(begin).ok_or_else(|| overflow(cat, t, "its byte range"))?;
-    let raw_ok = raw
-        && layer.scale.is_none()
+    // F64 always travels as its stored bytes: float32 would turn values beyond its range
+    // into inf or 0 (and tiny ones into subnormals) before any worker saw them.
+    let raw_ok = layer.scale.is_none()
         && layer.split.is_none()
-        && matches!(t.dtype, Dtype::BF16 | Dtype::F16 | Dtype::F32);
+        && (t.dtype == Dtype::F64 || (raw && matches!(t.dtype, Dtype::BF16 | Dtype::F16 | Dtype::F32)));
     let charge = if raw_ok { stored } else { decoded.ok_or_else(|| overflow(cat, t, "its float32 size"))? };
     // The stored values must fill the matrix exactly (a header that wraps a product
     // would otherwise hand the worker a matrix of the wrong size).
@@ -457,13 +458,12 @@ mod tests {
             let l = &cat.layers[item.layer];
             let t = &cat.tensors[l.weight.tensor];
             match (&item.payload, t.dtype) {
-                (Payload::Raw { bytes, dtype }, Dtype::BF16 | Dtype::F32) => {
+                // F64 travels as its stored bytes too (float32 could not hold its values).
+                (Payload::Raw { bytes, dtype }, Dtype::BF16 | Dtype::F32 | Dtype::F64) => {
                     assert_eq!(*dtype, t.dtype);
                     assert_eq!(bytes[..], stored[t.begin..t.end]);
                     assert_eq!(item.charge, bytes.len());
                 }
-                // F64 has no raw form: decoded to float32.
-                (Payload::F32(v), Dtype::F64) => assert_eq!(v[..], [0.25, -3.0]),
                 _ => panic!("unexpected payload for {}", l.name),
             }
         }

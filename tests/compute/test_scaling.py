@@ -101,11 +101,6 @@ def test_float64_bytes_beyond_float32_range_give_the_float64_answer(scale):
     assert abs(singular_value_stats(s, *w.shape)["snr"] - expected) <= REL * abs(expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the Rust stream decodes F64 to float32 (rust/decode/float.rs), so 1e200 becomes inf "
-    "and 1e-200 zero before any worker sees it: needs a raw F64 payload",
-)
 @pytest.mark.parametrize("scale", [1e200, 1e-200])
 def test_a_float64_model_beyond_float32_range_scans_to_the_float64_answer(tmp_path, scale):
     stored = torch.from_numpy(base_matrix(4) * scale)  # F64

@@ -556,13 +556,15 @@ def test_stream_subset_and_raw_bytes(twelve_single, twelve_layers):
     assert sorted(seen) == sorted(subset)
 
 
-def test_stream_raw_falls_back_to_f32_for_f64(tmp_path):
-    w = torch.randn(8, 12, dtype=torch.float64)
+def test_f64_always_streams_as_its_stored_bytes(tmp_path):
+    # float32 would turn values beyond its range into inf or 0 before any worker saw them.
+    w = torch.randn(8, 12, dtype=torch.float64) * 1e200
     write_single(tmp_path, {"a.weight": w})
     cat = _core.Catalog([str(tmp_path)])
-    [(index, array, dtype)] = list(cat.stream([0], raw=True))
-    assert dtype == "F32" and array.shape == (8, 12)
-    np.testing.assert_array_equal(array, w.float().numpy())
+    for raw in (True, False):
+        [(index, array, dtype)] = list(cat.stream([0], raw=raw))
+        assert dtype == "F64" and array.dtype == np.uint8
+        np.testing.assert_array_equal(array.view("<f8").reshape(8, 12), w.numpy())
 
 
 def test_stream_close_and_drop_midway_do_not_hang(twelve_single):
