@@ -38,6 +38,7 @@ from .results import LayerResult, ScanResult
 from .run import distributed, pipeline
 from .run.checkpoint import Checkpoint, identity, rank_path
 from .run.progress import Progress
+from .run.schedule import largest_first, read_order
 
 PathLike = Union[str, "os.PathLike[str]"]
 # Read-ahead of 128 MiB: peak RSS rose 81 % from `small` to its 8x-layers copy with a
@@ -338,16 +339,11 @@ def _stream(plan: _Plan, results: Dict[int, LayerResult], no_noise: str, window_
 
 
 def _schedule(plan: _Plan, todo: List[int]) -> Tuple[List[int], bool]:
-    """The order to read and compute the layers in, and whether it is the files' order.
-    Several CPU workers take the largest matrices first (by the cost model that also
-    balances torchrun shares, ``distributed.layer_cost``): in file order the last large
-    matrix (a Llama's ``lm_head``) ran alone on one core while the other idled. A GPU, or
-    a single worker, reads in file order, which keeps the disk reading sequentially."""
-    cpu_workers = sum(1 for w in plan.workers if str(w.device) == "cpu")
-    if cpu_workers < 2 or cpu_workers != len(plan.workers):
-        return todo, True
+    """The order to read and compute the layers in (:mod:`.run.schedule`), and whether it
+    is the files' order."""
+    devices = [str(w.device) for w in plan.workers]
     layers = plan.layers
-    return sorted(todo, key=lambda i: (-distributed.layer_cost(layers[i].rows, layers[i].cols), i)), False
+    return read_order(todo, lambda i: (layers[i].rows, layers[i].cols), devices), not largest_first(devices)
 
 
 def _assemble(

@@ -105,7 +105,8 @@ def test_json_has_the_documented_schema(calibrated):
     assert plan["device"]["kind"] == "cpu" and plan["device"]["calibrated"] is True
     assert plan["memory"]["window_bytes"] == 128 << 20
     t, m = plan["time"], plan["memory"]
-    assert t["floor_seconds"] <= t["largest_first_seconds"] <= t["kernel_seconds"] + 1e-12
+    # Equal in exact arithmetic when one layer dominates: compare with a rounding margin.
+    assert t["floor_seconds"] <= t["largest_first_seconds"] * (1 + 1e-9) <= t["kernel_seconds"] * (1 + 1e-9) + 1e-12
     assert m["baseline_bytes"] < m["peak_bytes"] <= m["bound_bytes"]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -53,12 +54,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
             str(path),
             types=args.types,
             exclude=args.exclude,
-            include_1d=args.include_1d,
-            group_experts=args.group_experts,
-            group_by=args.group_by,
-            split_fused=args.split_fused,
-            max_experts=args.max_experts,
-            max_layers=args.max_layers,
+            **_layer_options(args),
             top_percent=args.top_percent,
             device=args.device,
             method=args.method,
@@ -78,7 +74,12 @@ def cmd_scan(args: argparse.Namespace) -> int:
             f"To resume: {shlex.join(again)}",
             file=sys.stderr,
         )
-        return 130
+        # The matrix in flight is still being computed in a worker thread (LAPACK cannot be
+        # stopped): exit now, without the interpreter's teardown, which that thread could
+        # crash (SIGSEGV at exit, seen about once in five). Everything finished is fsynced.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     st = result.settings
     paths = {}
     if lead:
@@ -104,6 +105,19 @@ def cmd_scan(args: argparse.Namespace) -> int:
     for p in paths.values():
         _say(args.quiet, f"  wrote {p}")
     return 0
+
+
+def _layer_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """The options that decide which tensors are layers and of which type, as ``scan``
+    and ``plan`` take them: both must see the same layers."""
+    return {
+        "include_1d": args.include_1d,
+        "group_experts": args.group_experts,
+        "group_by": args.group_by,
+        "split_fused": args.split_fused,
+        "max_experts": args.max_experts,
+        "max_layers": args.max_layers,
+    }
 
 
 def _results_file(out: str, name: str, top_percent: float) -> Path:
@@ -243,12 +257,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         device=device,
         types=args.types,
         exclude=args.exclude,
-        include_1d=args.include_1d,
-        group_experts=args.group_experts,
-        group_by=args.group_by,
-        split_fused=args.split_fused,
-        max_experts=args.max_experts,
-        max_layers=args.max_layers,
+        **_layer_options(args),
         window_bytes=args.window_bytes,
         read_bytes_per_s=args.read_mib_s * (1 << 20) if args.read_mib_s else None,
         recalibrate=args.recalibrate,

@@ -7,10 +7,12 @@ are told about in one summary warning per scan (:class:`Problems`)."""
 
 from __future__ import annotations
 
+import atexit
 import math
 import queue
 import threading
 import warnings
+import weakref
 from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
@@ -223,6 +225,20 @@ def _run_one(
             feeder.join(0.05)
 
 
+#: Worker threads that may still be computing (an interrupted scan returns at once and
+#: leaves its matrix in flight to finish). At interpreter exit they are waited for: a BLAS
+#: call still running when the process tore down OpenBLAS crashed it (SIGSEGV after a
+#: caught ScanInterrupted, about once in five).
+_LIVE: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+
+
+@atexit.register
+def _wait_for_workers_at_exit() -> None:
+    for t in list(_LIVE):
+        if t.is_alive() and t is not threading.current_thread():
+            t.join()
+
+
 def run(
     stream: Any, workers: Sequence[Worker], layers: Sequence[LayerSpec], no_noise: str, on_record: OnRecord
 ) -> None:
@@ -257,6 +273,7 @@ def run(
             finished.put(_Done())
 
     threads = [threading.Thread(target=body, args=(w,), name=f"spectrum-{w.device}", daemon=True) for w in workers]
+    _LIVE.update(threads)
     try:
         for t in threads:
             t.start()

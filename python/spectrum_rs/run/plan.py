@@ -40,6 +40,7 @@ from ..model.config import attention_heads, fp8_scale_block, model_type, quant_m
 from ..model.layouts import HEAD, input_embedding
 from ..model.source import looks_like_repo_id, resolve_model
 from ..options import GROUP_BY, as_list, check_choice
+from .schedule import read_order
 
 #: Version of the JSON that ``plan(...)`` returns (``"schema"``); a change of its keys
 #: raises it.
@@ -1163,6 +1164,8 @@ def _assemble(
 ) -> Dict[str, Any]:
     disk = float(read_bytes_per_s) if read_bytes_per_s else float(ASSUMED_DISK_BYTES_PER_S)
     stream = sorted(range(len(work)), key=lambda k: (work[k].file_rank, work[k].offset, work[k].index))
+    # The order the scan reads in (run/schedule.py): largest first for several CPU workers.
+    stream = read_order(stream, lambda k: (work[k].rows, work[k].cols), [w.kind for w in workers])
     wm = [models[w.kind] for w in workers]
     lead = wm[0]
     # The reader serves every worker; it decodes for the CPU and copies raw bytes for GPUs.
