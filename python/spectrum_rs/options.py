@@ -20,6 +20,10 @@ METHODS = ("gram", "svd")
 DTYPES = ("auto", "float32", "float64")
 NO_NOISE = ("one", "inf")
 GROUP_BY = ("type", "stack")
+#: Host bytes the reader may queue ahead of the workers: peak RSS rose 81 % from `small` to
+#: its 8x-layers copy with a 2 GiB window, 9.6 % with 128 MiB, at the same speed
+#: (benches/results/cpu-2026-11-28.md).
+DEFAULT_WINDOW_BYTES = 128 << 20
 #: What ``top_percent`` means when nobody says: the paper's and the reference's default.
 DEFAULT_TOP_PERCENT = 25.0
 

@@ -17,11 +17,12 @@ from . import _core
 from .compute.base import Worker
 from .compute.devices import limit_blas_threads, make_workers, plan_workers
 from .errors import SpectrumError
-from .model.config import attention_heads, fp8_scale_block, model_type, quant_method, read_config, ties_embeddings
-from .model.layouts import HEAD, embedding_names, input_embedding
+from .model.config import attention_heads, fp8_scale_block, model_type, quant_method, read_config
+from .model.layouts import HEAD, embedding_names, tied_head_source
 from .model.source import default_name, resolve_model
 from .options import (
     DEFAULT_TOP_PERCENT,
+    DEFAULT_WINDOW_BYTES,
     GROUP_BY,
     NO_NOISE,
     DeviceSpec,
@@ -41,9 +42,6 @@ from .run.progress import Progress
 from .run.schedule import largest_first, read_order
 
 PathLike = Union[str, "os.PathLike[str]"]
-# Read-ahead of 128 MiB: peak RSS rose 81 % from `small` to its 8x-layers copy with a
-# 2 GiB window, 9.6 % with 128 MiB, at the same speed (benches/results/cpu-2026-11-28.md).
-DEFAULT_WINDOW_BYTES = 128 << 20
 
 
 def scan(
@@ -248,7 +246,7 @@ def _plan(
     )
     layers = catalog.layers()
     chosen = catalog.select(request.types, request.exclude, request.include_1d)
-    tied_source = _tied_head_source(config, layers, request)
+    tied_source = tied_head_source(config, [layer.name for layer in layers], request.types, request.exclude)
     hidden = set()
     if tied_source is not None and tied_source not in chosen:
         hidden.add(tied_source)
@@ -415,23 +413,3 @@ def _numbers_settings(request: _Request, names: List[str]) -> Dict[str, Any]:
 def _model_folder(paths: List[str]) -> Path:
     first = Path(paths[0])
     return first if first.is_dir() else first.parent
-
-
-def _tied_head_source(config: Dict[str, Any], layers: List[_core.LayerInfo], request: _Request) -> Optional[int]:
-    """With tied embeddings (``config.json``) the file holds no ``lm_head.weight``; the
-    reference still lists ``lm_head`` with the embedding's SNR (docs/method.md §1). Returns
-    the index of the embedding layer to report it from, or None when there is no tied head
-    to report (no tie, a real head, no embedding, or ``lm_head`` not selected)."""
-    if not ties_embeddings(config):
-        return None
-    names = [layer.name for layer in layers]
-    if HEAD in names:
-        return None
-    source = input_embedding(names)
-    if source is None:
-        return None
-    if request.types and not any(_core.layer_matches(p, HEAD, HEAD) for p in request.types):
-        return None
-    if any(_core.layer_matches(p, HEAD, HEAD) for p in request.exclude):
-        return None
-    return names.index(source)

@@ -4,7 +4,10 @@ these rules: the scan, the result files and the training integrations all ask he
 
 from __future__ import annotations
 
-from typing import Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+from .. import _core
+from .config import ties_embeddings
 
 #: A layer is an embedding or head when its last name part contains one of these
 #: (``embed_tokens``, ``word_embeddings``, ``wte``, ``wpe``, ...) or it is ``lm_head``.
@@ -32,3 +35,23 @@ def input_embedding(names: Sequence[str]) -> Optional[str]:
             if name.split(".")[-1] == suffix:
                 return name
     return None
+
+
+def tied_head_source(
+    config: Dict[str, Any], names: Sequence[str], types: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> Optional[int]:
+    """With tied embeddings (``config.json``) the file holds no ``lm_head.weight``; the
+    reference still lists ``lm_head`` with the embedding's SNR (docs/method.md §1.6).
+    Returns the index in ``names`` of the embedding layer to report it from, or None when
+    there is no tied head to report (no tie, a real head, no embedding, or ``lm_head`` not
+    selected by ``types`` / ``exclude``)."""
+    if not ties_embeddings(config) or HEAD in names:
+        return None
+    source = input_embedding(names)
+    if source is None:
+        return None
+    if types and not any(_core.layer_matches(p, HEAD, HEAD) for p in types):
+        return None
+    if any(_core.layer_matches(p, HEAD, HEAD) for p in exclude):
+        return None
+    return list(names).index(source)

@@ -36,10 +36,10 @@ from .. import _core
 from ..compute.base import GRAM_BLOCK_ELEMENTS
 from ..compute.lapack import TWO_STAGE_FROM
 from ..errors import SpectrumError
-from ..model.config import attention_heads, fp8_scale_block, model_type, quant_method, read_config, ties_embeddings
-from ..model.layouts import HEAD, input_embedding
+from ..model.config import attention_heads, fp8_scale_block, model_type, quant_method, read_config
+from ..model.layouts import HEAD, tied_head_source
 from ..model.source import looks_like_repo_id, resolve_model
-from ..options import GROUP_BY, as_list, check_choice
+from ..options import DEFAULT_WINDOW_BYTES, GROUP_BY, as_list, check_choice
 from .schedule import read_order
 
 #: Version of the JSON that ``plan(...)`` returns (``"schema"``); a change of its keys
@@ -48,8 +48,6 @@ SCHEMA_VERSION = 1
 #: Version of the calibration's measurements; a change of what is measured raises it, so
 #: that older cached calibrations are measured again.
 CALIBRATION_VERSION = 3
-#: The scan's default read-ahead window (``scan.DEFAULT_WINDOW_BYTES``, ``--window-mb``).
-DEFAULT_WINDOW_BYTES = 128 << 20
 #: Disk read rate assumed for model bytes that are not in the page cache when no rate is
 #: stated (``--read-mib-s``): a guess (a local SSD or a fast network filesystem), said so
 #: in the report.
@@ -246,17 +244,8 @@ def _tied_head(
     """(``lm_head``, index of its source) for a tied head the scan reports (docs/method.md
     §1.6): it costs nothing of its own, but its source is computed even when its type was
     not asked for."""
-    if not ties_embeddings(config):
-        return None
-    names = [i.name for i in infos]
-    source = input_embedding(names)
-    if HEAD in names or source is None:
-        return None
-    if types and not any(_core.layer_matches(p, HEAD, HEAD) for p in types):
-        return None
-    if any(_core.layer_matches(p, HEAD, HEAD) for p in exclude):
-        return None
-    return HEAD, names.index(source)
+    source = tied_head_source(config, [i.name for i in infos], types, exclude)
+    return None if source is None else (HEAD, source)
 
 
 # --------------------------------------------------------------------------- layers
