@@ -58,6 +58,33 @@ def test_a_cpu_scan_runs_one_single_threaded_worker_per_blas_thread(tmp_path):
     assert [(r.name, r.snr) for r in two] == [(r.name, r.snr) for r in one]
 
 
+def test_the_last_matrix_is_computed_on_one_thread_even_when_the_other_worker_idles(tmp_path):
+    """Two single-threaded workers; one takes the large matrix (largest first), the other
+    the small ones and then idles. The large matrix still runs on one BLAS thread: with
+    two, OpenBLAS sums in another order (numpy's eigvalsh of a 1000² matrix, dsyrk at
+    2500, dgesdd: other last bits, benches/results/schedule-2026-12-01.md), and which
+    matrix would get them depends on timing, so a rerun or a resumed scan would write other
+    files. The numbers are a one-worker scan's, and the caller's threads come back."""
+    g = torch.Generator().manual_seed(8)
+    t = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(48, 32, generator=g) for i in range(12)}
+    t["lm_head.weight"] = torch.randn(1536, 1536, generator=g)
+    m = write_single(tmp_path / "m", t)
+    one = spectrum_rs.scan(m, device="cpu")
+    seen = []
+
+    def progress(done, total, done_bytes, total_bytes, name):
+        seen.append((name, [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]))
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        two = spectrum_rs.scan(m, device="cpu", progress=progress)
+        after = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    assert two.settings["device"] == "cpu x2"
+    assert seen[-1][0] == "lm_head", "the large matrix finished last, alone"
+    assert all(threads == [1] * len(threads) for _, threads in seen), "one thread per matrix throughout"
+    assert after == [2] * len(after)
+    assert [(r.name, r.snr) for r in two] == [(r.name, r.snr) for r in one]
+
+
 def test_unknown_device_is_a_clear_error(tmp_path):
     m = model(tmp_path / "m")
     with pytest.raises(ValueError, match="device"):
