@@ -71,6 +71,29 @@ def test_scan_model_options_match_scan(llama4_saved):
         assert_same_scan(spectrum_rs.scan(folder, device="cpu", **kw), scan_model(model, **kw))
 
 
+def test_scan_model_runs_the_cpu_workers_of_scan_whatever_the_blas_threads(tmp_path):
+    """With two BLAS threads in the process (as in a training script), scan_model plans
+    what scan() plans, two single-threaded workers, and its numbers are scan()'s bit for
+    bit; the caller's threads come back."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    model = tiny_models.llama(n_layers=3, dtype=torch.bfloat16)
+    model.save_pretrained(tmp_path)
+    seen = []
+    with threadpool_limits(limits=2, user_api="blas"):
+        on_disk = spectrum_rs.scan(tmp_path, device="cpu")
+        in_memory = scan_model(model, progress=lambda *a: seen.append(a))
+        threads = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    assert on_disk.settings["device"] == in_memory.settings["device"] == "cpu x2"
+    assert [(r.name, r.snr, r.sigma, r.n_signal) for r in in_memory] == [
+        (r.name, r.snr, r.sigma, r.n_signal) for r in on_disk
+    ]
+    assert threads == [2] * len(threads)
+    assert [a[0] for a in seen] == list(range(1, len(seen) + 1)), "progress counts every layer once, in order"
+    assert seen[-1][0] == seen[-1][1] and seen[-1][2] == seen[-1][3]
+    assert {a[4] for a in seen} == {r.name for r in in_memory if r.tied_to is None}
+
+
 def test_scan_model_does_not_touch_the_model(llama4):
     before = tiny_models.snapshot(llama4)
     llama4.model.layers[0].mlp.up_proj.weight.requires_grad_(False)

@@ -518,28 +518,34 @@ def scan_model(
     bar = _progress(progress if rank == 0 else False, total_layers, total_bytes)
     records: Dict[str, LayerResult] = {}
     workers: Dict[str, Any] = {}
-    counter = 0
     problems = Problems()  # one warning per kind for the whole scan, not one per layer
+    local = _local_cpu_items(plan, device) if world == 1 else None
     try:
-        with torch.no_grad():
-            for group, planned in plan:
-                with _gathered(group) as fulls:
-                    for i, (e, full) in enumerate(zip(group, fulls)):
-                        if planned is not None:
-                            layer_specs = planned[i]
-                        else:
-                            layer_specs = [
-                                s for s in _specs(e.name, tuple(full.shape), full.dtype, source) if chosen(s)
-                            ]
-                            _check_scannable(e, layer_specs)
-                        for s in layer_specs:
-                            owner = counter % world
-                            counter += 1
-                            if owner == rank:
-                                records[s.name] = _measure(full, s, device, method, dtype, no_noise, workers, problems)
-                            bar.update(s.name, s.rows * s.cols * _itemsize(e.dtype))
-                        del full
-                    del fulls
+        if local is not None:
+            workers = {_measure_on_cpu_workers(local, method, dtype, no_noise, records, bar): None}
+        else:
+            counter = 0
+            with torch.no_grad():
+                for group, planned in plan:
+                    with _gathered(group) as fulls:
+                        for i, (e, full) in enumerate(zip(group, fulls)):
+                            if planned is not None:
+                                layer_specs = planned[i]
+                            else:
+                                layer_specs = [
+                                    s for s in _specs(e.name, tuple(full.shape), full.dtype, source) if chosen(s)
+                                ]
+                                _check_scannable(e, layer_specs)
+                            for s in layer_specs:
+                                owner = counter % world
+                                counter += 1
+                                if owner == rank:
+                                    records[s.name] = _measure(
+                                        full, s, device, method, dtype, no_noise, workers, problems
+                                    )
+                                bar.update(s.name, s.rows * s.cols * _itemsize(e.dtype))
+                            del full
+                        del fulls
     finally:
         bar.close()
         problems.warn(stacklevel=3)
@@ -672,6 +678,65 @@ def _measure(
     record = measure(worker, s, worker.to_matrix(array, "F32", s.rows, s.cols), no_noise, problems)
     del array
     return record
+
+
+def _local_cpu_items(
+    plan: Sequence[Tuple[List[_Entry], Optional[List[List[_Spec]]]]], device: str
+) -> Optional[List[Tuple[_Entry, _Spec]]]:
+    """The layers to compute, when every one is a plain tensor (nothing to gather) that
+    is computed on the CPU: then the CPU workers of :func:`spectrum_rs.scan` take them
+    (:func:`_measure_on_cpu_workers`). None otherwise (sharded parameters, whose gathers
+    are collectives every rank makes in one order; or tensors on a GPU)."""
+    items: List[Tuple[_Entry, _Spec]] = []
+    for group, planned in plan:
+        if planned is None:
+            return None
+        for e, specs in zip(group, planned):
+            if not specs:
+                continue
+            if e.kind != "plain" or (device == "auto" and e.tensor.device.type == "cuda"):
+                return None
+            items += [(e, s) for s in specs]
+    return items
+
+
+def _measure_on_cpu_workers(
+    items: List[Tuple[_Entry, _Spec]],
+    method: str,
+    dtype: str,
+    no_noise: str,
+    records: Dict[str, LayerResult],
+    bar: Any,
+) -> str:
+    """Computes ``items`` as a CPU scan of files does: one single-threaded worker per BLAS
+    thread pulling from one stream (:mod:`..run.pipeline`), so the numbers are those of
+    :func:`spectrum_rs.scan` bit for bit whatever the process's BLAS threads, and several
+    cores work at once (SmolLM2-135M: 3.7 s, against 6.3 s for one worker with two BLAS
+    threads per matrix; benches/results/schedule-2026-12-01.md). Each tensor is copied
+    to float32 in a worker's feeder thread, one layer ahead at most. Returns the workers'
+    description (``cpu x2``)."""
+    from ..compute.devices import limit_blas_threads, make_workers, plan_workers
+    from ..run import pipeline
+
+    devices, threads = plan_workers("cpu")
+    cpu_workers = make_workers(devices, method, dtype)
+    specs = [s for _, s in items]
+
+    def stream() -> Iterator[Tuple[int, Any, str]]:
+        for index, (e, s) in enumerate(items):
+            full = e.tensor.detach()
+            m = full[s.expert] if s.expert is not None else full
+            # Always a copy: a numpy view would share the model's storage.
+            yield index, m.to(device="cpu", dtype=torch.float32, copy=True).contiguous().numpy(), "F32"
+
+    def finished(index: int, record: LayerResult) -> None:
+        s = specs[index]
+        records[s.name] = record
+        bar.update(s.name, s.rows * s.cols * _itemsize(items[index][0].dtype))
+
+    with limit_blas_threads(threads):
+        pipeline.run(stream(), cpu_workers, specs, no_noise, finished)
+    return f"cpu x{len(cpu_workers)}" if len(cpu_workers) > 1 else "cpu"
 
 
 def _describe(workers: Dict[str, Any]) -> str:
