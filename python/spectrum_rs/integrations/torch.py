@@ -711,8 +711,8 @@ def _measure_on_cpu_workers(
     """Computes ``items`` as a CPU scan of files does: one single-threaded worker per BLAS
     thread pulling from one stream (:mod:`..run.pipeline`), so the numbers are those of
     :func:`spectrum_rs.scan` bit for bit whatever the process's BLAS threads, and several
-    cores work at once (SmolLM2-135M: 3.7 s, against 6.3 s for one worker with two BLAS
-    threads per matrix; benches/results/schedule-2026-12-01.md). Each tensor is copied
+    cores work at once (SmolLM2-135M: 2.8 s, against 5.2 s for one worker with two BLAS
+    threads per matrix; benches/results/scan-model-2026-12-01.md). Each tensor is copied
     to float32 in a worker's feeder thread, one layer ahead at most. Returns the workers'
     description (``cpu x2``)."""
     from ..compute.devices import limit_blas_threads, make_workers, plan_workers
