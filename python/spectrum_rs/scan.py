@@ -93,7 +93,10 @@ def scan(
         device: ``"auto"`` (the first GPU when torch sees one, else the CPU, where numpy
             computes and torch is not imported), ``"cpu"``,
             ``"cuda"`` (every visible GPU, one worker each), ``"cuda:1"``, or a list such as
-            ``["cuda:0", "cuda:2"]``. Under ``torchrun``, ``"auto"`` is the rank's own GPU.
+            ``["cuda:0", "cuda:2"]`` (one worker each). ``"cpu"`` runs one single-threaded
+            worker per BLAS thread; CPU workers in a list run on one thread each too, so
+            every plan gives the same numbers. Under ``torchrun``, ``"auto"`` is the
+            rank's own GPU.
         method: ``"gram"`` (eigenvalues of the Gram matrix, default) or ``"svd"``.
         dtype: precision of the Gram matrix (its eigenvalues are always computed in
             float64). ``"auto"`` (default): float32, formed again in float64 for a matrix

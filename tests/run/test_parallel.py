@@ -85,6 +85,28 @@ def test_the_last_matrix_is_computed_on_one_thread_even_when_the_other_worker_id
     assert [(r.name, r.snr) for r in two] == [(r.name, r.snr) for r in one]
 
 
+@pytest.mark.parametrize("device", [["cpu", "cpu"], ["cpu"]], ids=["two", "one"])
+def test_a_list_of_cpu_workers_computes_on_one_thread_each(tmp_path, device):
+    """Workers named in a list get one BLAS thread each too, whatever the process has:
+    the numbers are those of ``device="cpu"`` (on two threads OpenBLAS's eigvalsh of the
+    1536² Gram matrix gives other last bits)."""
+    g = torch.Generator().manual_seed(8)
+    t = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(48, 32, generator=g) for i in range(4)}
+    t["lm_head.weight"] = torch.randn(1536, 1536, generator=g)
+    m = write_single(tmp_path / "m", t)
+    seen = []
+
+    def progress(*_):
+        seen.append([lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"])
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        planned = spectrum_rs.scan(m, device="cpu")
+        listed = spectrum_rs.scan(m, device=device, progress=progress)
+    assert listed.settings["device"] == ("cpu x2" if len(device) == 2 else "cpu")
+    assert seen and all(threads == [1] * len(threads) for threads in seen)
+    assert [(r.name, r.snr) for r in listed] == [(r.name, r.snr) for r in planned]
+
+
 def test_unknown_device_is_a_clear_error(tmp_path):
     m = model(tmp_path / "m")
     with pytest.raises(ValueError, match="device"):

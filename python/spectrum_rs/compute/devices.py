@@ -133,16 +133,21 @@ def _live_blas_threads() -> int:
 
 
 def plan_workers(device: Union[Optional[Device], Sequence[Device]]) -> Tuple[List[str], Optional[int]]:
-    """The workers' devices and the BLAS threads each should use (None: leave as is).
+    """The workers' devices and the BLAS threads each CPU worker uses (None: leave them).
     A single CPU device gets one single-threaded worker per BLAS thread: most of the
     eigensolver is sequential, so two matrices at once on 2 cores took 0.74x (small) and
-    0.91x (llama8b-layer) the time of one matrix with 2 threads (benches/results)."""
+    0.91x (llama8b-layer) the time of one matrix with 2 threads (benches/results). A list
+    gets the workers it names, CPU ones on one thread too: OpenBLAS sums in another order
+    on more threads (benches/results/schedule-2026-12-01.md), and every plan is to give
+    the numbers of every other."""
     devices = resolve_devices(device)
-    if isinstance(device, (list, tuple)) or devices != ["cpu"]:
+    if "cpu" not in devices:
         return devices, None
     threads = blas_threads()
     if threads <= 1:
         return devices, None
+    if isinstance(device, (list, tuple)) or devices != ["cpu"]:
+        return devices, 1
     return devices * threads, 1
 
 
