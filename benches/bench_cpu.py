@@ -569,7 +569,7 @@ def child_kernels(model: Path) -> Dict[str, Any]:
     except ImportError:
         torch = None  # type: ignore[assignment]
     threadpool_limits(1, user_api="blas")
-    two_stage64 = lapack._routine_for_this_process()
+    two_stage64 = lapack.large_matrix_eigvalsh()
     two_stage64_name = lapack.backend()
     if two_stage64_name != "LAPACK dsyevd_2stage":
         two_stage64 = None

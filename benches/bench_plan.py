@@ -124,7 +124,7 @@ def eig_growth(sizes: List[int]) -> List[Dict[str, Any]]:
     from spectrum_rs.compute import lapack
 
     rng = np.random.default_rng(0)
-    eigvalsh = lapack._routine_for_this_process()
+    eigvalsh = lapack.large_matrix_eigvalsh()
     out = []
     with threadpool_limits(1, user_api="blas"):
         for n in sizes:

@@ -67,7 +67,7 @@ def _cuda_count(asked: Optional[str] = None) -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _parse(device: Device) -> Tuple[str, Optional[int]]:
+def parse_device(device: Device) -> Tuple[str, Optional[int]]:
     """``(kind, index)`` of a device string or ``torch.device``, checked without torch."""
     text = str(device).strip()
     m = _DEVICE.match(text)
@@ -79,7 +79,7 @@ def _parse(device: Device) -> Tuple[str, Optional[int]]:
 def resolve_device(device: Optional[Device]) -> str:
     """``"auto"`` (or None) is the first CUDA device when torch sees one, else the CPU;
     ``"cpu"``; ``"cuda"`` the first GPU; ``"cuda:N"`` that GPU, which must exist."""
-    kind, index = ("auto", None) if device is None else _parse(device)
+    kind, index = ("auto", None) if device is None else parse_device(device)
     if kind == "auto":
         return "cuda:0" if _cuda_count() else "cpu"
     if kind == "cpu":
@@ -100,7 +100,7 @@ def resolve_devices(device: Union[Optional[Device], Sequence[Device]]) -> List[s
         if not device:
             raise ValueError("device list is empty")
         return [resolve_device(d) for d in device]
-    if device is not None and _parse(device) == ("cuda", None):
+    if device is not None and parse_device(device) == ("cuda", None):
         n = _cuda_count("cuda")
         if not n:
             raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device")

@@ -75,8 +75,10 @@ def _two_stage(fn: Callable[..., int]) -> Callable[[np.ndarray], np.ndarray]:
 
 
 @functools.cache
-def _routine_for_this_process() -> Callable[[np.ndarray], np.ndarray]:
-    """``dsyevd_2stage`` when found and right on a known matrix, else numpy's eigvalsh."""
+def large_matrix_eigvalsh() -> Callable[[np.ndarray], np.ndarray]:
+    """The routine :func:`eigvalsh` uses from ``TWO_STAGE_FROM`` rows on, in this process:
+    ``dsyevd_2stage`` when found and right on a known matrix, else numpy's eigvalsh
+    (``spectrum-rs plan`` calibrates it, and the benches time it)."""
     fn = _find()
     if fn is None:
         return _numpy_eigvalsh
@@ -106,9 +108,9 @@ def eigvalsh(a: np.ndarray) -> np.ndarray:
         raise ValueError("eigvalsh needs a square, C-contiguous, writable float64 matrix")
     if a.shape[0] < TWO_STAGE_FROM:
         return np.linalg.eigvalsh(a) if a.shape[0] else np.zeros(0)
-    return _routine_for_this_process()(a)
+    return large_matrix_eigvalsh()(a)
 
 
 def backend() -> str:
     """Which routine ``eigvalsh`` uses in this process (for summaries and benches)."""
-    return "LAPACK dsyevd_2stage" if _routine_for_this_process() is not _numpy_eigvalsh else "numpy.linalg.eigvalsh"
+    return "LAPACK dsyevd_2stage" if large_matrix_eigvalsh() is not _numpy_eigvalsh else "numpy.linalg.eigvalsh"

@@ -424,13 +424,13 @@ class _Worker:
 def _workers(device: Union[str, Sequence[str]]) -> List[_Worker]:
     """The scan's worker plan (``compute.devices.plan_workers``); a GPU that is not here
     (or torch missing) is planned with the uncalibrated model, one worker per GPU named."""
-    from ..compute.devices import _parse, blas_threads, plan_workers
+    from ..compute.devices import blas_threads, parse_device, plan_workers
 
     try:
         devices, threads = plan_workers(list(device) if isinstance(device, (list, tuple)) else device)
     except ValueError:
         asked = list(device) if isinstance(device, (list, tuple)) else [device]
-        kinds = [_parse(d) for d in asked]  # raises for a device string that means nothing
+        kinds = [parse_device(d) for d in asked]  # raises for a device string that means nothing
         if not all(kind == "cuda" for kind, _ in kinds):
             raise
         return [
@@ -863,7 +863,7 @@ def _calibrate_cpu(workers: int) -> Dict[str, Any]:
         def eig_case(n: int, two_stage: bool) -> Callable[[int], Callable[[], Any]]:
             # The worker's routine for n rows, or the two-stage one at any size (the one
             # ``lapack.eigvalsh`` takes from TWO_STAGE_FROM on), to see how its time grows.
-            eigvalsh = lapack._routine_for_this_process() if two_stage else lapack.eigvalsh
+            eigvalsh = lapack.large_matrix_eigvalsh() if two_stage else lapack.eigvalsh
 
             def make(_: int) -> Callable[[], Any]:
                 s = rng.standard_normal((n, n), dtype=np.float32)
