@@ -319,10 +319,16 @@ fn select_top(types: Vec<String>, snrs: Vec<f64>, top_percent: f64) -> PyResult<
     Ok(ranking::select_top(&types, &snrs, top_percent))
 }
 
-/// The layer type of a layer name (docs/method.md §1).
+/// The layer type of a layer name (docs/method.md §1.2), by the catalog's rule
+/// (`layout::kinds`): with `group_experts`, expert indices become `*` (`stacked`: the name
+/// ends with the index of a stacked expert, `<tensor>.<e>`); with `group_by="stack"`, the
+/// stack is part of the type. The in-memory scan (`scan_model`) types its layers here.
 #[pyfunction]
-fn layer_type(name: &str) -> String {
-    naming::layer_type(name)
+#[pyo3(signature = (name, *, stacked=false, group_experts=false, group_by="type"))]
+fn layer_type(py: Python<'_>, name: &str, stacked: bool, group_experts: bool, group_by: &str) -> PyResult<String> {
+    let group_by = layout::GroupBy::parse(group_by).map_err(|e| to_py(py, e))?;
+    let options = layout::Options { group_experts, group_by, ..Default::default() };
+    Ok(layout::kinds::layer_kind(name, stacked, &options))
 }
 
 /// Indices that put layer names in model order (numbers compare as numbers).

@@ -121,17 +121,64 @@ class Experts(torch.nn.Module):
             self.layers.append(block)
 
 
-def test_scan_model_fused_experts_match_scan(tmp_path):
+@pytest.mark.parametrize(
+    "grouping, expert_type",
+    [
+        ({}, "mlp.experts.down_proj.3"),
+        ({"group_experts": True}, "mlp.experts.down_proj.*"),
+        ({"group_by": "stack"}, "layers.*.mlp.experts.down_proj.3"),
+        ({"group_experts": True, "group_by": "stack"}, "layers.*.mlp.experts.down_proj.*"),
+    ],
+    ids=["reference", "group-experts", "group-by-stack", "both"],
+)
+def test_scan_model_fused_experts_match_scan(tmp_path, grouping, expert_type):
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
     model = Experts()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "model.safetensors"))
-    on_disk = spectrum_rs.scan(tmp_path, device="cpu")
-    in_memory = scan_model(model)
+    on_disk = spectrum_rs.scan(tmp_path, device="cpu", **grouping)
+    in_memory = scan_model(model, **grouping)
     assert_same_scan(on_disk, in_memory)
     expert = in_memory["layers.1.mlp.experts.down_proj.3"]
     assert expert.parameter == "layers.1.mlp.experts.down_proj" and expert.shape == (16, 24)
+    assert expert.type == expert_type
+    assert in_memory.settings["group_experts"] == grouping.get("group_experts", False)
+
+
+def test_a_checkpoint_scan_of_a_model_transformers_fuses_in_memory_is_refused_with_the_way_out(tmp_path):
+    """transformers 5 loads a Qwen2-MoE checkpoint's per-expert matrices
+    (``mlp.experts.3.gate_proj.weight``) into fused ``[E, out, in]`` parameters
+    (``mlp.experts.gate_up_proj``): a scan of the files names no parameter of the model.
+    freeze refuses it, names the fused tensor and says to scan in memory; that scan fits."""
+    transformers = pytest.importorskip("transformers")
+    from spectrum_rs import ScanMismatchError
+    from spectrum_rs.integrations.torch import freeze
+
+    cfg = transformers.Qwen2MoeConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
+        shared_expert_intermediate_size=24, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        num_experts=6, num_experts_per_tok=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.Qwen2MoeForCausalLM(cfg)
+    model.save_pretrained(tmp_path)
+    params = dict(model.named_parameters())
+    if "model.layers.0.mlp.experts.gate_up_proj" not in params:
+        pytest.skip("this transformers keeps the experts apart in memory")
+    before = {n: p.requires_grad for n, p in params.items()}
+    with pytest.raises(ScanMismatchError, match=r"fused in memory \(model\.layers\.\d\.mlp\.experts\.\w+, shape \[6, "):
+        freeze(model, spectrum_rs.scan(tmp_path, device="cpu"))
+    assert before == {n: p.requires_grad for n, p in model.named_parameters()}, "nothing changed"
+    result = scan_model(model, group_experts=True)
+    assert "mlp.experts.gate_up_proj.*" in result.types
+    freeze(model, result)
+    chosen = set(result.select(25))
+    for layer in (0, 1):
+        for fused_name in ("gate_up_proj", "down_proj"):
+            tensor = f"model.layers.{layer}.mlp.experts.{fused_name}"
+            picked = any(f"{tensor}.{e}" in chosen for e in range(6))
+            assert params[tensor].requires_grad == picked, tensor  # a fused tensor trains whole
 
 
 def test_state_dict_tie_by_shared_storage():

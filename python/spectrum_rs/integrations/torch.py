@@ -40,7 +40,16 @@ from .. import _core
 from ..errors import ScanMismatchError, SpectrumError, UnsupportedLayoutError
 from ..model.config import ties_embeddings
 from ..model.layouts import HEAD, embedding_names, input_embedding, is_embedding
-from ..options import DEFAULT_TOP_PERCENT, NO_NOISE, as_list, check_choice, check_method_dtype, check_top_percent
+from ..options import (
+    DEFAULT_TOP_PERCENT,
+    GROUP_BY,
+    NO_NOISE,
+    GroupBy,
+    as_list,
+    check_choice,
+    check_method_dtype,
+    check_top_percent,
+)
 from ..results import LayerResult, ScanResult
 from ..run.pipeline import Problems
 
@@ -362,10 +371,13 @@ def _layer_name(tensor_name: str) -> Optional[str]:
     return None
 
 
-def _specs(name: str, shape: Tuple[int, ...], dtype: Any, source: str) -> List[_Spec]:
-    """The layers of one tensor by the catalog's rule (rust/catalog.rs ``build_layers``):
+def _specs(
+    name: str, shape: Tuple[int, ...], dtype: Any, source: str, group_experts: bool = False, group_by: str = "type"
+) -> List[_Spec]:
+    """The layers of one tensor by the catalog's rule (rust/layout/mod.rs ``build_layers``):
     ``<name>.weight`` -> ``<name>``; 1-D -> 1 x n; 3-D stacked experts -> E layers
-    ``<layer>.<e>``; higher ranks -> (out, everything else)."""
+    ``<layer>.<e>``; higher ranks -> (out, everything else). Types come from the catalog's
+    own rule (``_core.layer_type``, rust/layout/kinds.rs), with its grouping options."""
     weight = name.endswith(".weight")
     experts = _is_experts(name, shape, dtype)
     if not (weight or experts) or len(shape) == 0:
@@ -376,7 +388,7 @@ def _specs(name: str, shape: Tuple[int, ...], dtype: Any, source: str) -> List[_
     def spec(lname: str, rows: int, cols: int, expert: Optional[int]) -> _Spec:
         return _Spec(
             name=lname,
-            type=_core.layer_type(lname),
+            type=_core.layer_type(lname, stacked=expert is not None, group_experts=group_experts, group_by=group_by),
             rows=rows,
             cols=cols,
             dtype=code,
@@ -429,6 +441,8 @@ def scan_model(
     types: Union[None, str, Iterable[str]] = None,
     exclude: Union[None, str, Iterable[str]] = None,
     include_1d: bool = False,
+    group_experts: bool = False,
+    group_by: GroupBy = "type",
     top_percent: float = DEFAULT_TOP_PERCENT,
     dtype: str = "auto",
     method: str = "gram",
@@ -452,8 +466,8 @@ def scan_model(
         model_or_state_dict: a ``torch.nn.Module`` (also under DDP, ``torch.compile``,
             FSDP1 with ``use_orig_params=True``, FSDP2 ``fully_shard``, DeepSpeed ZeRO-3)
             or a state dict (``{name: tensor}``, DTensors included).
-        types, exclude, include_1d, top_percent, dtype, method, no_noise, name: as for
-            :func:`spectrum_rs.scan`. ``name`` defaults to the config's ``_name_or_path``.
+        types, exclude, include_1d, group_experts, group_by, top_percent, dtype, method,
+            no_noise, name: as for :func:`spectrum_rs.scan`. ``name`` defaults to the config's ``_name_or_path``.
         progress: a progress bar on stderr (True) or a callable
             ``progress(done_layers, total_layers, done_bytes, total_bytes, layer_name)``.
         device: ``"auto"``: each matrix is computed where it lives (a GPU tensor on its
@@ -473,6 +487,7 @@ def scan_model(
     its GPU) and freed before the next one.
     """
     check_choice("no_noise", no_noise, NO_NOISE)
+    check_choice("group_by", group_by, GROUP_BY)
     check_method_dtype(method, dtype)
     check_choice("device", device, ("auto", "cpu"))
     pct = check_top_percent(top_percent)
@@ -503,7 +518,10 @@ def scan_model(
     total_layers = total_bytes = 0
     for group in _groups(tensors):
         if all(e.shape is not None for e in group):
-            per_entry = [[s for s in _specs(e.name, e.shape or (), e.dtype, source) if chosen(s)] for e in group]
+            per_entry = [
+                [s for s in _specs(e.name, e.shape or (), e.dtype, source, group_experts, group_by) if chosen(s)]
+                for e in group
+            ]
             if not any(per_entry):
                 continue
             for e, ss in zip(group, per_entry):
@@ -533,7 +551,11 @@ def scan_model(
                                 layer_specs = planned[i]
                             else:
                                 layer_specs = [
-                                    s for s in _specs(e.name, tuple(full.shape), full.dtype, source) if chosen(s)
+                                    s
+                                    for s in _specs(
+                                        e.name, tuple(full.shape), full.dtype, source, group_experts, group_by
+                                    )
+                                    if chosen(s)
                                 ]
                                 _check_scannable(e, layer_specs)
                             for s in layer_specs:
@@ -564,6 +586,8 @@ def scan_model(
             "device": _describe(workers),
             "no_noise": no_noise,
             "include_1d": include_1d,
+            "group_experts": group_experts,
+            "group_by": group_by,
             "types": want_types,
             "exclude": want_exclude,
             "seconds": round(time.perf_counter() - start, 3),
@@ -823,6 +847,22 @@ def _layer_shape(entry: _Entry, layer: LayerResult) -> Optional[Tuple[int, int]]
     return s[0], int(math.prod(s[1:]))
 
 
+def _fused_in_memory(tensors: _Tensors, missing: Sequence[str]) -> Optional[str]:
+    """A stacked ``[E, out, in]`` parameter of the model (with its shape) where the scan
+    has per-expert layers the model lacks (``<prefix>.experts.3.gate_proj`` against
+    ``<prefix>.experts.gate_up_proj``), or None."""
+    prefixes: Set[str] = set()
+    for name in missing:
+        parts = name.split(".")
+        prefixes.update(
+            ".".join(parts[:i]) for i in range(1, len(parts) - 1) if parts[i - 1] == "experts" and parts[i].isdigit()
+        )
+    for e in tensors.unique:
+        if e.shape is not None and len(e.shape) == 3 and e.name.rsplit(".", 1)[0] in prefixes:
+            return f"{e.name}, shape {list(e.shape)}"
+    return None
+
+
 def _check_fit(tensors: _Tensors, result: ScanResult) -> None:
     """Raises :class:`ScanMismatchError` when ``result`` is not a scan of this model."""
     missing_model: List[str] = []
@@ -844,6 +884,9 @@ def _check_fit(tensors: _Tensors, result: ScanResult) -> None:
     has_filter = "types" in settings and "exclude" in settings
     types, exclude = as_list(settings.get("types")), as_list(settings.get("exclude"))
     include_1d = bool(settings.get("include_1d"))
+    # The types the scan gave (scan()'s settings record its grouping; a results file's do not).
+    grouping = bool(settings.get("group_experts"))
+    group_by = str(settings.get("group_by") or "type")
     scanned = {layer.name for layer in result.layers}
     scanned_types = set(result.types)
     missing_scan: List[str] = []
@@ -851,7 +894,7 @@ def _check_fit(tensors: _Tensors, result: ScanResult) -> None:
     for e in tensors.unique:
         if e.shape is None:
             continue
-        for s in _specs(e.name, e.shape, e.dtype, ""):
+        for s in _specs(e.name, e.shape, e.dtype, "", grouping, group_by):
             if s.name in scanned:
                 continue
             if has_filter:
@@ -872,9 +915,19 @@ def _check_fit(tensors: _Tensors, result: ScanResult) -> None:
             )
         if shapes:
             parts.append(f"{len(shapes)} shape mismatch(es): {_listing(shapes)}")
+        fused = _fused_in_memory(
+            tensors, [layer.name for layer in result.layers if layer.parameter not in tensors.by_name]
+        )
+        hint = (
+            f"; the model holds its experts fused in memory ({fused}: transformers 5 fuses them when it loads a "
+            f"checkpoint that stores one matrix per expert), so a scan of the files cannot name its parameters: "
+            f"scan the model in memory with spectrum_rs.integrations.torch.scan_model(model) (group_experts=True "
+            f"ranks the experts of a projection together)"
+            if fused
+            else "; scan this model with spectrum_rs.integrations.torch.scan_model(model)"
+        )
         raise ScanMismatchError(
-            f"the scan of {result.model_name!r} does not fit this model ({'; '.join(parts)}); "
-            f"scan this model with spectrum_rs.integrations.torch.scan_model(model)",
+            f"the scan of {result.model_name!r} does not fit this model ({'; '.join(parts)}){hint}",
             missing_in_model=missing_model,
             missing_in_scan=missing_scan,
             shape_mismatches=shapes,
