@@ -4,6 +4,7 @@ freeze_layers_except), and Axolotl's own Spectrum plugin reading the files we wr
 from __future__ import annotations
 
 import json
+import re
 import types
 
 import pytest
@@ -157,6 +158,65 @@ def test_axolotls_own_plugin_reads_our_files(llama4_saved, workdir):
     assert tiny_models.trainable(model) == expected_trainable(model, 25)
 
 
+def qwen2_moe(seed=0):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.Qwen2MoeConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
+        shared_expert_intermediate_size=24, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        num_experts=6, num_experts_per_tok=2,
+    )  # fmt: skip
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(seed)
+    model = transformers.Qwen2MoeForCausalLM(cfg)
+    if "model.layers.0.mlp.experts.gate_up_proj" not in dict(model.named_parameters()):
+        pytest.skip("this transformers keeps the experts apart in memory")
+    return model
+
+
+def test_an_moe_model_fused_in_memory_is_scanned_in_memory_when_asked(tmp_path, workdir):
+    """transformers 5 fuses a Qwen2-MoE checkpoint's per-expert matrices into
+    ``mlp.experts.gate_up_proj`` when it loads it: the scan of the files names no
+    parameter of the loaded model, and the plugin refuses it, saying what to set. With
+    ``spectrum_scan_in_memory`` it scans the loaded model in post_model_load (nothing can
+    train before: the pending pattern matches no parameter), writes the files, freezes
+    exactly what ``freeze`` of that scan trains, and a second run reads the files."""
+    model = qwen2_moe()
+    folder = tmp_path / "moe"
+    model.save_pretrained(folder)
+    common = {"base_model": str(folder), "spectrum_model_name": NAME, "spectrum_download": False}
+
+    plugin = SpectrumPlugin()
+    cfg = DictDefault(dict(common, spectrum_device="cpu"))
+    plugin.pre_model_load(cfg)  # scans the files
+    with pytest.raises(ScanMismatchError, match="fused in memory.*spectrum_scan_in_memory: true"):
+        plugin.post_model_load(cfg, model)
+    (workdir / RESULTS).unlink()
+
+    plugin = SpectrumPlugin()
+    cfg = DictDefault(dict(common, spectrum_scan_in_memory=True, spectrum_group_experts=True))
+    plugin.pre_model_load(cfg)
+    assert not (workdir / RESULTS).exists()
+    assert cfg.unfrozen_parameters and not any(
+        re.match(p, n) for p in cfg.unfrozen_parameters for n, _ in model.named_parameters()
+    ), "until the scan, the patterns match no parameter"
+    plugin.post_model_load(cfg, model)
+    written = spectrum_rs.ScanResult.load(workdir / RESULTS)
+    assert "mlp.experts.gate_up_proj.*" in written.types
+    freeze_layers_except(model, cfg.unfrozen_parameters)
+    probe = qwen2_moe()
+    probe.load_state_dict(model.state_dict())
+    freeze(probe, scan_model(probe, group_experts=True), 25)
+    assert tiny_models.trainable(model) == tiny_models.trainable(probe)
+    assert any("experts.gate_up_proj" in n for n in tiny_models.trainable(model))
+    plugin.post_trainer_create(cfg, types.SimpleNamespace(model=model))
+
+    again = SpectrumPlugin()
+    cfg2 = DictDefault(dict(common, spectrum_scan_in_memory=True, spectrum_group_experts=True))
+    again.pre_model_load(cfg2)  # reads the file the first run wrote
+    again.post_model_load(cfg2, probe)
+    assert cfg2.unfrozen_parameters == cfg.unfrozen_parameters
+
+
 def test_axolotl_config_validation_keeps_our_settings():
     """Axolotl merges the plugin's SpectrumArgs into its config schema (``get_input_args``),
     so validation keeps the ``spectrum_*`` keys (it drops keys no schema knows)."""
@@ -171,6 +231,9 @@ def test_axolotl_config_validation_keeps_our_settings():
                 "plugins": [PLUGIN],
                 "spectrum_top_fraction": 0.3,
                 "spectrum_download": False,
+                "spectrum_scan_in_memory": True,
+                "spectrum_group_experts": True,
+                "spectrum_group_by": "stack",
                 "datasets": [{"path": "x", "type": "alpaca"}],
                 "micro_batch_size": 1,
                 "gradient_accumulation_steps": 1,
@@ -182,6 +245,8 @@ def test_axolotl_config_validation_keeps_our_settings():
         )
         valid = config.validate_config(cfg)
         assert valid.spectrum_top_fraction == pytest.approx(0.3) and valid.spectrum_download is False
+        assert valid.spectrum_scan_in_memory is True and valid.spectrum_group_experts is True
+        assert valid.spectrum_group_by == "stack"
         assert top_percent_from(valid) == pytest.approx(30)
     finally:
         manager.plugins.pop(PLUGIN, None)

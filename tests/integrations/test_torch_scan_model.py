@@ -179,6 +179,15 @@ def test_a_checkpoint_scan_of_a_model_transformers_fuses_in_memory_is_refused_wi
             tensor = f"model.layers.{layer}.mlp.experts.{fused_name}"
             picked = any(f"{tensor}.{e}" in chosen for e in range(6))
             assert params[tensor].requires_grad == picked, tensor  # a fused tensor trains whole
+    # Its results file (names and SNRs only) applies the same: each expert's fused tensor
+    # is found in the model.
+    trains = {n for n, p in model.named_parameters() if p.requires_grad}
+    for p in model.parameters():
+        p.requires_grad_(True)
+    loaded = spectrum_rs.ScanResult.load(result.save(tmp_path / "out", name="moe")["results"])
+    assert loaded["model.layers.0.mlp.experts.gate_up_proj.3"].tensor is None
+    freeze(model, loaded, 25)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == trains
 
 
 def test_state_dict_tie_by_shared_storage():

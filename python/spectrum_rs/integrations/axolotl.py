@@ -26,8 +26,12 @@ Settings (all optional; see :class:`SpectrumArgs`): ``spectrum_top_percent`` (a 
 0-100) or ``spectrum_top_fraction`` (Axolotl's name: a fraction in (0, 1]), default 25 %;
 ``spectrum_model_name`` (for the file name; default ``base_model``),
 ``spectrum_model_path``, ``spectrum_results_dir``, ``spectrum_download``,
-``spectrum_device``, ``spectrum_types``, ``spectrum_exclude``, ``spectrum_embeddings`` and
-``spectrum_head`` (default true: train the input embeddings / the head too).
+``spectrum_device``, ``spectrum_types``, ``spectrum_exclude``, ``spectrum_group_experts``,
+``spectrum_group_by``, ``spectrum_embeddings`` and ``spectrum_head`` (default true: train
+the input embeddings / the head too), and ``spectrum_scan_in_memory``: scan the loaded
+model's weights in ``post_model_load`` instead of the checkpoint files when no results
+file exists (mixture-of-experts models that transformers 5 fuses in memory, whose
+parameters a scan of the files cannot name).
 
 This module imports Axolotl's plugin base (which imports torch, transformers and peft);
 ``import spectrum_rs`` does not import it.
@@ -42,7 +46,7 @@ import re
 from pathlib import Path
 from typing import Any, List, Optional
 
-from ..errors import SpectrumError
+from ..errors import ScanMismatchError, SpectrumError
 from ..model.layouts import HEAD
 from ..options import DEFAULT_TOP_PERCENT, as_list
 from ..results import ScanResult
@@ -85,8 +89,17 @@ class SpectrumArgs(_BaseModel):
     spectrum_device: Optional[str] = None
     spectrum_types: Optional[List[str]] = None
     spectrum_exclude: Optional[List[str]] = None
+    spectrum_group_experts: Optional[bool] = None
+    spectrum_group_by: Optional[str] = None
+    spectrum_scan_in_memory: Optional[bool] = None
     spectrum_embeddings: Optional[bool] = None
     spectrum_head: Optional[bool] = None
+
+
+#: ``unfrozen_parameters`` while an in-memory scan waits for the model
+#: (``spectrum_scan_in_memory``): a pattern no parameter matches, so that if the scan never
+#: ran, Axolotl would freeze everything rather than train everything.
+PENDING_PATTERN = "^spectrum-rs: scanned in post_model_load$"
 
 
 def _get(cfg: Any, key: str) -> Any:
@@ -221,6 +234,8 @@ class SpectrumPlugin(_BasePlugin):
         self.embeddings = True
         self.head = True
         self._expected: Optional[List[str]] = None
+        self._name = ""
+        self._folder = Path(".")
 
     def get_input_args(self) -> str:
         return "spectrum_rs.integrations.axolotl.SpectrumArgs"
@@ -251,6 +266,7 @@ class SpectrumPlugin(_BasePlugin):
 
         path = folder / RESULTS_DIR / f"snr_results_{slug(name)}.json"
         self.results_path = path
+        self._name, self._folder = name, folder
         if path.is_file():
             try:
                 result = ScanResult.load(path)
@@ -259,6 +275,11 @@ class SpectrumPlugin(_BasePlugin):
                     f"SpectrumPlugin: cannot read the results file {path}: {e}; delete it to scan the model again"
                 ) from e
             log.info("SpectrumPlugin: read %s (%d layers)", path, len(result))
+        elif _get(cfg, "spectrum_scan_in_memory"):
+            log.info("SpectrumPlugin: no results file %s: scanning the model once it is loaded", path)
+            self.result = None
+            cfg["unfrozen_parameters"] = [PENDING_PATTERN]
+            return
         else:
             result = self._scan(cfg, name, pct, folder, path)
         result.top_percent = pct
@@ -270,11 +291,24 @@ class SpectrumPlugin(_BasePlugin):
         )
 
     def post_model_load(self, cfg: Any, model: Any) -> None:
-        if self.result is None or self.top_percent is None:
+        if self.top_percent is None:
             raise SpectrumError("SpectrumPlugin: post_model_load ran before pre_model_load")
         from . import torch as spectrum_torch
 
-        plan = spectrum_torch._plan(model, self.result, self.top_percent, self.embeddings, self.head)
+        if self.result is None:  # spectrum_scan_in_memory, and no results file
+            self.result = self._scan_loaded(cfg, model, self.top_percent)
+        try:
+            plan = spectrum_torch._plan(model, self.result, self.top_percent, self.embeddings, self.head)
+        except ScanMismatchError as e:
+            if "fused in memory" not in str(e):
+                raise
+            raise ScanMismatchError(
+                f"{e}. With Axolotl: delete {self.results_path} and set spectrum_scan_in_memory: true "
+                f"(and spectrum_group_experts: true to rank the experts together)",
+                missing_in_model=e.missing_in_model,
+                missing_in_scan=e.missing_in_scan,
+                shape_mismatches=e.shape_mismatches,
+            ) from e
         if not plan.train:
             raise SpectrumError(
                 f"SpectrumPlugin: nothing would train (top {self.top_percent:g} %, "
@@ -309,6 +343,26 @@ class SpectrumPlugin(_BasePlugin):
 
     # -- scanning -----------------------------------------------------------------------
 
+    def _scan_loaded(self, cfg: Any, model: Any, pct: float) -> ScanResult:
+        """``scan_model`` of the loaded model (``spectrum_scan_in_memory``); rank 0 writes
+        the usual three files, so that the next run reads them."""
+        from .torch import scan_model
+
+        log.info("SpectrumPlugin: scanning the loaded model in memory")
+        result = scan_model(
+            model,
+            top_percent=pct,
+            name=self._name,
+            types=as_list(_get(cfg, "spectrum_types")) or None,
+            exclude=as_list(_get(cfg, "spectrum_exclude")) or None,
+            group_experts=bool(_get(cfg, "spectrum_group_experts")),
+            group_by=_get(cfg, "spectrum_group_by") or "type",
+        )
+        if _rank() == 0:
+            written = result.save(self._folder, pct, name=self._name)
+            log.info("SpectrumPlugin: wrote %s", ", ".join(str(p) for p in written.values()))
+        return result
+
     def _scan(self, cfg: Any, name: str, pct: float, folder: Path, path: Path) -> ScanResult:
         import spectrum_rs
 
@@ -331,6 +385,8 @@ class SpectrumPlugin(_BasePlugin):
                 device=_get(cfg, "spectrum_device") or "auto",
                 types=as_list(_get(cfg, "spectrum_types")) or None,
                 exclude=as_list(_get(cfg, "spectrum_exclude")) or None,
+                group_experts=bool(_get(cfg, "spectrum_group_experts")),
+                group_by=_get(cfg, "spectrum_group_by") or "type",
                 distributed_scan=distributed,
             )
         except KeyboardInterrupt:

@@ -835,6 +835,27 @@ class _Plan:
     partial_fused: List[str]
 
 
+def _bound(tensors: _Tensors, result: ScanResult) -> ScanResult:
+    """``result`` with the stored tensor of each layer a results file left unnamed (it
+    holds names and SNRs only) found in the model where ``<name>.weight`` is not: one
+    expert ``<tensor>.<e>`` of a stacked ``[E, out, in]`` parameter (``e < E``), as an
+    in-memory scan of a fused-experts model names them. The same object when nothing
+    needs it."""
+    changed = {}
+    for i, layer in enumerate(result.layers):
+        if layer.tensor is not None or layer.tied_to is not None or f"{layer.name}.weight" in tensors.by_name:
+            continue
+        stem, _, expert = layer.name.rpartition(".")
+        entry = tensors.by_name.get(stem)
+        if expert.isdigit() and entry is not None and entry.shape is not None and len(entry.shape) == 3:
+            if int(expert) < entry.shape[0]:
+                changed[i] = dataclasses.replace(layer, tensor=stem)
+    if not changed:
+        return result
+    layers = [changed.get(i, layer) for i, layer in enumerate(result.layers)]
+    return dataclasses.replace(result, layers=layers)
+
+
 def _layer_shape(entry: _Entry, layer: LayerResult) -> Optional[Tuple[int, int]]:
     """The (rows, cols) the scan would have measured for ``layer`` on this tensor."""
     s = entry.shape
@@ -990,6 +1011,7 @@ def _plan(model: Any, result: ScanResult, top_percent: Optional[float], embeddin
         raise TypeError(f"expected a spectrum_rs.ScanResult, got {type(result).__name__}")
     pct = check_top_percent(result.top_percent if top_percent is None else top_percent)
     tensors = model if isinstance(model, _Tensors) else _Tensors(model, module_required=True)
+    result = _bound(tensors, result)
     _check_fit(tensors, result)
     selected = result.selected_by_type(pct)
     by_name = {layer.name: layer for layer in result.layers}
@@ -1393,6 +1415,7 @@ def snr_param_groups(
     if top_percent is not None:
         top_percent = check_top_percent(top_percent)
     tensors = _Tensors(model, module_required=True)
+    result = _bound(tensors, result)
     missing = [
         f"{layer.name} (parameter {layer.parameter})"
         for layer in result.layers
