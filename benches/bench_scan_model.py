@@ -25,6 +25,7 @@ import json, sys, time
 import torch
 import spectrum_rs
 from spectrum_rs.integrations import torch as integration
+from spectrum_rs.integrations.torch import in_memory
 from transformers import AutoModelForCausalLM
 folder, mode = sys.argv[1], sys.argv[2]
 t, c = time.perf_counter(), time.process_time()
@@ -32,7 +33,7 @@ if mode == "scan":
     r = spectrum_rs.scan(folder, device="cpu")
 else:
     if mode == "one-worker":
-        integration._local_cpu_items = lambda plan, device: None
+        in_memory._local_cpu_items = lambda plan, device: None
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     t, c = time.perf_counter(), time.process_time()
     r = integration.scan_model(model)

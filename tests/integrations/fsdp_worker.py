@@ -26,7 +26,7 @@ def full_snapshot(model):
 
 
 def tiny_models_named(model):
-    from spectrum_rs.integrations.torch import _clean
+    from spectrum_rs.integrations.torch.tensors import _clean
 
     return [(_clean(n), p) for n, p in model.named_parameters()]
 

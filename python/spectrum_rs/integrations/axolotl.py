@@ -293,12 +293,12 @@ class SpectrumPlugin(_BasePlugin):
     def post_model_load(self, cfg: Any, model: Any) -> None:
         if self.top_percent is None:
             raise SpectrumError("SpectrumPlugin: post_model_load ran before pre_model_load")
-        from . import torch as spectrum_torch
+        from .torch.fit import plan_training
 
         if self.result is None:  # spectrum_scan_in_memory, and no results file
             self.result = self._scan_loaded(cfg, model, self.top_percent)
         try:
-            plan = spectrum_torch._plan(model, self.result, self.top_percent, self.embeddings, self.head)
+            plan = plan_training(model, self.result, self.top_percent, self.embeddings, self.head)
         except ScanMismatchError as e:
             if "fused in memory" not in str(e):
                 raise
@@ -323,12 +323,13 @@ class SpectrumPlugin(_BasePlugin):
     def post_trainer_create(self, cfg: Any, trainer: Any) -> None:
         if self.result is None or self.top_percent is None:
             return
-        from . import torch as spectrum_torch
+        from .torch.fit import listing, plan_training
+        from .torch.freeze import summarize
 
         model = getattr(trainer, "model", None)
         if model is None:
             raise SpectrumError("SpectrumPlugin: the trainer has no model to check")
-        plan = spectrum_torch._plan(model, self.result, self.top_percent, self.embeddings, self.head)
+        plan = plan_training(model, self.result, self.top_percent, self.embeddings, self.head)
         trains = {id(e.tensor) for e in plan.tensors.unique if e.tensor.requires_grad}
         wanted = set(plan.train)
         extra = [e.name for e in plan.tensors.unique if id(e.tensor) in trains - wanted]
@@ -336,10 +337,10 @@ class SpectrumPlugin(_BasePlugin):
         if extra or missing:
             raise SpectrumError(
                 f"SpectrumPlugin: the model does not train what the scan selected: {len(missing)} selected "
-                f"parameter(s) frozen ({spectrum_torch._listing(missing)}), {len(extra)} other parameter(s) trainable "
-                f"({spectrum_torch._listing(extra)}); was unfrozen_parameters changed after the plugin set it?"
+                f"parameter(s) frozen ({listing(missing)}), {len(extra)} other parameter(s) trainable "
+                f"({listing(extra)}); was unfrozen_parameters changed after the plugin set it?"
             )
-        log.info("SpectrumPlugin: %s", spectrum_torch._summary(plan))
+        log.info("SpectrumPlugin: %s", summarize(plan))
 
     # -- scanning -----------------------------------------------------------------------
 

@@ -43,6 +43,8 @@ from ..errors import SpectrumError
 from ..options import check_top_percent
 from ..results import ScanResult
 from . import torch as spectrum_torch
+from .torch.fit import listing, plan_training
+from .torch.freeze import optimizer_ids, set_candidates
 
 __all__ = ["SpectrumCallback"]
 
@@ -123,7 +125,7 @@ class SpectrumCallback(TrainerCallback):
             self.result = spectrum_torch.scan_model(model, **self._scan_options(first=True))
         if self.dynamic:
             # The optimizer is built over what requires grad: make that every candidate.
-            spectrum_torch._set_candidates(model, self.result, self.embeddings, self.head)
+            set_candidates(model, self.result, self.embeddings, self.head)
         else:
             self.summary = spectrum_torch.freeze(
                 model, self.result, self._pct(), embeddings=self.embeddings, head=self.head
@@ -142,15 +144,15 @@ class SpectrumCallback(TrainerCallback):
         if model is None or optimizer is None:
             raise SpectrumError("SpectrumCallback: the Trainer passed no model or optimizer to on_train_begin")
         assert self.result is not None
-        plan = spectrum_torch._plan(model, self.result, self._pct(), self.embeddings, self.head)
+        plan = plan_training(model, self.result, self._pct(), self.embeddings, self.head)
         needed = plan.candidates if self.dynamic else plan.train
-        held = spectrum_torch._optimizer_ids(optimizer)
+        held = optimizer_ids(optimizer)
         absent = [e.name for e in plan.tensors.unique if id(e.tensor) in needed and id(e.tensor) not in held]
         if absent:
             what = "candidate" if self.dynamic else "selected"
             raise SpectrumError(
                 f"SpectrumCallback: {len(absent)} {what} parameter(s) are not in the Trainer's optimizer: "
-                f"{spectrum_torch._listing(absent)}. The optimizer holds what requires grad when Trainer.train() "
+                f"{listing(absent)}. The optimizer holds what requires grad when Trainer.train() "
                 f"builds it: do not freeze the model yourself before, and pass no optimizer of your own unless it "
                 f"holds {'every candidate (candidate_parameters)' if self.dynamic else 'the selected parameters'}"
             )
