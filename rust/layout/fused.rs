@@ -23,8 +23,19 @@
 //!   (`split(split_size, dim=2)`); layers `c_attn.q`, `c_attn.k`, `c_attn.v`.
 //! * `query_key_value` of GPT-NeoX, Pythia and BLOOM (`gpt_neox`, `bloom`):
 //!   `[3 H d, in]`, per head `q | k | v` of `d` rows each (`view(..., -1, 3 d)` then
-//!   `chunk(3)`); layers `query_key_value.query`, `.key`, `.value`. Other families'
-//!   `query_key_value` (Falcon, ChatGLM) group their heads otherwise and are refused.
+//!   `chunk(3)`); layers `query_key_value.query`, `.key`, `.value`.
+//! * `query_key_value` of Falcon (`falcon`): `[(H + 2 KV) d, in]` in KV groups, each
+//!   `H/KV` query heads then one key and one value head (`FalconAttention._split_heads`:
+//!   `view(..., -1, H/KV + 2, d)`; the multi-query Falcon-7B is KV = 1, the old
+//!   per-head layout KV = H); layers `.query`, `.key`, `.value`.
+//! * `query_key_value` of ChatGLM (`chatglm`): rows `q | k | v`, `H d`, `KV d`, `KV d`
+//!   (`mixed_x_layer.split`); layers `.query`, `.key`, `.value`.
+//! * `wqkv` of InternLM2 (`internlm2`): KV groups as Falcon's (`rearrange(..., "(h gs d)",
+//!   gs=2 + H/KV)`); layers `wqkv.q`, `.k`, `.v`.
+//! * `Wqkv` of MPT (`mpt`): rows `q | k | v` in equal thirds (`chunk(3)`); layers
+//!   `Wqkv.q`, `.k`, `.v`.
+//!
+//! Another family's `query_key_value` is refused: how it orders its heads is not known.
 
 use crate::layout::{mxfp4, Source, TensorEntry};
 
@@ -123,7 +134,7 @@ pub fn attention(
     heads: Option<Heads>,
 ) -> Result<Option<Vec<(String, Split)>>, String> {
     let last = source.name.rsplit('.').next().unwrap_or("");
-    if source.experts.is_some() || !matches!(last, "qkv_proj" | "c_attn" | "query_key_value") {
+    if source.experts.is_some() || !matches!(last, "qkv_proj" | "c_attn" | "query_key_value" | "wqkv" | "Wqkv") {
         return Ok(None);
     }
     let (rows, cols) = source.dims;
@@ -133,38 +144,54 @@ pub fn attention(
     let named = |names: [&str; 3], splits: [Split; 3]| -> Vec<(String, Split)> {
         names.iter().zip(splits).map(|(n, s)| (n.to_string(), s)).collect()
     };
+    let suffixed = |parts: [&str; 3]| parts.map(|p| format!("{}.{p}", source.name));
     let stem = &source.name[..source.name.len() - last.len()];
     let need_heads = || {
         heads
             .filter(|&(h, kv, d)| h > 0 && kv > 0 && d > 0)
             .ok_or_else(|| cannot("config.json declares no attention heads".into()))
     };
-    Ok(Some(match last {
-        "c_attn" => {
-            if cols == 0 || cols % 3 != 0 {
-                return Err(cannot(format!("{cols} columns are not three equal parts")));
-            }
-            let w = cols / 3;
-            let n = &source.name;
-            named(
-                [&format!("{n}.q"), &format!("{n}.k"), &format!("{n}.v")],
-                [part(false, cols, 0, w), part(false, cols, w, w), part(false, cols, 2 * w, w)],
-            )
+    // Rows `q | k | v`: `H d`, `KV d`, `KV d` (Phi-3, ChatGLM).
+    let concatenated = |names: [String; 3]| -> Result<Vec<(String, Split)>, String> {
+        let (h, kv, d) = need_heads()?;
+        let (q, k) = (h * d, kv * d);
+        if q + 2 * k != rows {
+            return Err(cannot(format!("{rows} rows are not (heads {h} + 2 x key/value heads {kv}) x head size {d}")));
         }
-        "qkv_proj" => {
-            let (h, kv, d) = need_heads()?;
-            let (q, k) = (h * d, kv * d);
-            if q + 2 * k != rows {
-                return Err(cannot(format!(
-                    "{rows} rows are not (heads {h} + 2 x key/value heads {kv}) x head size {d}"
-                )));
-            }
-            named(
-                [&format!("{stem}q_proj"), &format!("{stem}k_proj"), &format!("{stem}v_proj")],
-                [part(true, rows, 0, q), part(true, rows, q, k), part(true, rows, q + k, k)],
-            )
+        let splits = [part(true, rows, 0, q), part(true, rows, q, k), part(true, rows, q + k, k)];
+        Ok(named([&names[0], &names[1], &names[2]], splits))
+    };
+    // KV groups of `H/KV` query heads, one key head, one value head (Falcon, InternLM2).
+    let grouped = |names: [String; 3]| -> Result<Vec<(String, Split)>, String> {
+        let (h, kv, d) = need_heads()?;
+        if h % kv != 0 || (h + 2 * kv) * d != rows {
+            return Err(cannot(format!(
+                "{rows} rows are not key/value groups of (heads {h} / key/value heads {kv} + 2) x head size {d}"
+            )));
         }
-        _ if matches!(family, "gpt_neox" | "bloom") => {
+        let g = h / kv;
+        let period = (g + 2) * d;
+        let splits = [part(true, period, 0, g * d), part(true, period, g * d, d), part(true, period, (g + 1) * d, d)];
+        Ok(named([&names[0], &names[1], &names[2]], splits))
+    };
+    let thirds = |names: [String; 3], along_rows: bool| -> Result<Vec<(String, Split)>, String> {
+        let n = if along_rows { rows } else { cols };
+        if n == 0 || n % 3 != 0 {
+            let what = if along_rows { "rows" } else { "columns" };
+            return Err(cannot(format!("{n} {what} are not three equal parts")));
+        }
+        let w = n / 3;
+        let splits = [part(along_rows, n, 0, w), part(along_rows, n, w, w), part(along_rows, n, 2 * w, w)];
+        Ok(named([&names[0], &names[1], &names[2]], splits))
+    };
+    Ok(Some(match (last, family) {
+        ("c_attn", _) => thirds(suffixed(["q", "k", "v"]), false)?,
+        ("Wqkv", "mpt") => thirds(suffixed(["q", "k", "v"]), true)?,
+        ("wqkv", "internlm2") => grouped(suffixed(["q", "k", "v"]))?,
+        ("qkv_proj", _) => concatenated(["q_proj", "k_proj", "v_proj"].map(|p| format!("{stem}{p}")))?,
+        ("query_key_value", "falcon") => grouped(suffixed(["query", "key", "value"]))?,
+        ("query_key_value", "chatglm") => concatenated(suffixed(["query", "key", "value"]))?,
+        ("query_key_value", "gpt_neox" | "bloom") => {
             let (h, _, d) = need_heads()?;
             if 3 * h * d != rows {
                 return Err(cannot(format!("{rows} rows are not 3 x heads {h} x head size {d}")));

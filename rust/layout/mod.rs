@@ -915,8 +915,20 @@ mod tests {
         assert_eq!(got[&format!("{p}.query")].2, rows(&[0, 1, 6, 7], 2));
         assert_eq!(got[&format!("{p}.key")].2, rows(&[2, 3, 8, 9], 2));
         assert_eq!(got[&format!("{p}.value")].2, rows(&[4, 5, 10, 11], 2));
+        // Falcon, multi-query (4 heads, 1 key/value head of size 2): one group, q 0..8, k 8..10, v 10..12.
+        let (_dir, _file, cat) = open_with(&neox, &opts("falcon", Some((4, 1, 2))));
+        let got = stream_all(cat.unwrap());
+        assert_eq!(got[&format!("{p}.query")].2, rows(&[0, 1, 2, 3, 4, 5, 6, 7], 2));
+        assert_eq!(got[&format!("{p}.key")].2, rows(&[8, 9], 2));
+        assert_eq!(got[&format!("{p}.value")].2, rows(&[10, 11], 2));
+        // Falcon, 2 groups of 1 query head: per group q | k | v, as GPT-NeoX's per head.
         let (_dir, _file, cat) = open_with(&neox, &opts("falcon", Some((2, 2, 2))));
-        assert!(message(cat).contains("how model type \"falcon\" lays out its heads is not known"));
+        assert_eq!(stream_all(cat.unwrap())[&format!("{p}.key")].2, rows(&[2, 3, 8, 9], 2));
+        let (_dir, _file, cat) = open_with(&neox, &opts("falcon", Some((3, 1, 2))));
+        assert!(message(cat)
+            .contains("12 rows are not key/value groups of (heads 3 / key/value heads 1 + 2) x head size 2"));
+        let (_dir, _file, cat) = open_with(&neox, &opts("codegen", Some((2, 2, 2))));
+        assert!(message(cat).contains("how model type \"codegen\" lays out its heads is not known"));
         // GPT-2 Conv1D [in, 3 out]: columns in thirds.
         let gpt2: Vec<Spec<'_>> = vec![("transformer.h.0.attn.c_attn.weight", "F32", &[2, 6], f32_bytes(&vals[..12]))];
         let (_dir, _file, cat) = open_with(&gpt2, &opts("gpt2", None));

@@ -206,3 +206,104 @@ def test_gpt2_c_attn_splits_its_columns_in_thirds(tmp_path):
     w = t["transformer.h.0.attn.c_attn.weight"].numpy()  # Conv1D [in, 3 out]
     for i, part in enumerate("qkv"):
         np.testing.assert_array_equal(got[f"transformer.h.0.attn.c_attn.{part}"], w[:, 32 * i : 32 * (i + 1)])
+
+
+def _split_from_config(folder):
+    """Every layer of the model, split as ``scan(split_fused=True)`` splits it: the family
+    and the heads from its ``config.json`` (model/config.py), the bytes from the stream."""
+    from spectrum_rs.model.config import attention_heads, model_type, read_config
+
+    cfg = read_config(folder)
+    cat = _core.Catalog(
+        [str(folder)], split_fused=True, model_type=model_type(cfg), attention_heads=attention_heads(cfg)
+    )
+    layers = cat.layers()
+    return {layers[i].name: a for i, a, _ in cat.stream([x.index for x in layers])}
+
+
+def _as_rows(heads):
+    """A module's ``[1, in, heads, d]`` projection of the identity: the weight rows."""
+    x = heads[0]
+    return x.reshape(x.shape[0], -1).T.detach().numpy()
+
+
+@pytest.mark.parametrize(
+    "flags, kv",
+    [
+        ({"new_decoder_architecture": True, "num_kv_heads": 2}, 2),  # Falcon-40B/180B: KV groups
+        ({"multi_query": True}, 1),  # Falcon-7B: one key/value head
+        ({"multi_query": False}, 4),  # the old per-head layout
+    ],
+    ids=["grouped", "multi-query", "per-head"],
+)
+def test_falcon_query_key_value_splits_as_the_module_reads_it(tmp_path, flags, kv):
+    cfg = transformers.FalconConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, bias=False, **flags
+    )
+    model = _randomize(transformers.FalconForCausalLM(cfg))
+    model.save_pretrained(tmp_path)
+    got = _split_from_config(tmp_path)
+    attn = model.transformer.h[0].self_attention
+    with torch.no_grad():
+        q, k, v = attn._split_heads(attn.query_key_value(torch.eye(32).unsqueeze(0)))
+    g = 4 // kv
+    if flags.get("new_decoder_architecture"):  # keys and values come repeated per query head
+        k, v = k[:, :, ::g], v[:, :, ::g]
+    p = "transformer.h.0.self_attention.query_key_value"
+    np.testing.assert_array_equal(got[f"{p}.query"], _as_rows(q))
+    np.testing.assert_array_equal(got[f"{p}.key"], _as_rows(k))
+    np.testing.assert_array_equal(got[f"{p}.value"], _as_rows(v))
+    assert got[f"{p}.key"].shape == (kv * 8, 32)
+
+
+def test_mpt_wqkv_splits_in_thirds_as_the_module_reads_it(tmp_path):
+    cfg = transformers.MptConfig(vocab_size=64, d_model=32, n_heads=4, n_layers=1, expansion_ratio=2)
+    model = _randomize(transformers.MptForCausalLM(cfg))
+    model.save_pretrained(tmp_path)
+    got = _split_from_config(tmp_path)
+    attn = model.transformer.blocks[0].attn
+    with torch.no_grad():
+        parts = attn.Wqkv(torch.eye(32).unsqueeze(0)).chunk(3, dim=2)  # MptAttention.forward
+    for name, part in zip("qkv", parts):
+        np.testing.assert_array_equal(got[f"transformer.blocks.0.attn.Wqkv.{name}"], part[0].T.numpy())
+
+
+def _hand_made(tmp_path, name, config):
+    w = torch.randn(64, 32, generator=torch.Generator().manual_seed(3))
+    write_single(tmp_path, {name: w}, config)
+    return w.numpy(), _split_from_config(tmp_path)
+
+
+def test_chatglm_query_key_value_is_q_then_k_then_v(tmp_path):
+    """ChatGLM (remote code): ``mixed_x_layer.split([H d, G d, G d])`` with G the
+    ``multi_query_group_num`` and d ``kv_channels``."""
+    name = "transformer.encoder.layers.0.self_attention.query_key_value"
+    config = {"model_type": "chatglm", "num_attention_heads": 4, "multi_query_attention": True,
+              "multi_query_group_num": 2, "kv_channels": 8, "hidden_size": 32}  # fmt: skip
+    w, got = _hand_made(tmp_path, f"{name}.weight", config)
+    np.testing.assert_array_equal(got[f"{name}.query"], w[:32])
+    np.testing.assert_array_equal(got[f"{name}.key"], w[32:48])
+    np.testing.assert_array_equal(got[f"{name}.value"], w[48:])
+
+
+def test_internlm2_wqkv_is_in_key_value_groups(tmp_path):
+    """InternLM2 (remote code): ``rearrange(qkv, "b q (h gs d) -> b q h gs d", gs=2 + H/KV)``,
+    queries ``[..., :H/KV, :]``, key ``[..., -2, :]``, value ``[..., -1, :]``."""
+    name = "model.layers.0.attention.wqkv"
+    config = {"model_type": "internlm2", "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 32}
+    w, got = _hand_made(tmp_path, f"{name}.weight", config)
+    groups = w.reshape(2, 4, 8, 32)  # (KV, H/KV + 2, d, in)
+    np.testing.assert_array_equal(got[f"{name}.q"], groups[:, :2].reshape(32, 32))
+    np.testing.assert_array_equal(got[f"{name}.k"], groups[:, 2].reshape(16, 32))
+    np.testing.assert_array_equal(got[f"{name}.v"], groups[:, 3].reshape(16, 32))
+
+
+def test_a_fused_attention_of_an_unknown_family_is_refused_only_when_split(tmp_path):
+    name = "transformer.h.0.attn.query_key_value.weight"
+    w = torch.randn(96, 32, generator=torch.Generator().manual_seed(4))
+    write_single(tmp_path, {name: w}, {"model_type": "some_new_family", "num_attention_heads": 4, "hidden_size": 32})
+    assert len(spectrum_rs.scan(tmp_path, device="cpu")) == 1  # whole, by default
+    with pytest.raises(
+        spectrum_rs.ModelFileError, match='how model type "some_new_family" lays out its heads is not known'
+    ):
+        spectrum_rs.scan(tmp_path, device="cpu", split_fused=True)

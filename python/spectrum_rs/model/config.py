@@ -93,8 +93,14 @@ def attention_heads(config: Dict[str, Any]) -> Optional[Tuple[int, int, int]]:
         heads = _positive_int(c.get("num_attention_heads"), c.get("n_head"), c.get("num_heads"))
         if heads is None:
             continue
-        kv = _positive_int(c.get("num_key_value_heads"), c.get("num_kv_heads")) or heads
+        kv: Optional[int] = _positive_int(c.get("num_key_value_heads"), c.get("num_kv_heads")) or heads
         hidden = _positive_int(c.get("hidden_size"), c.get("n_embd"), c.get("d_model"))
         size = _positive_int(c.get("head_dim")) or (hidden // heads if hidden else None)
-        return (heads, kv, size) if size else None
+        if c.get("model_type") == "falcon" and not c.get("new_decoder_architecture"):
+            # FalconAttention: one key/value head when multi_query (its default), else one per head.
+            kv = 1 if c.get("multi_query", True) else heads
+        elif c.get("model_type") == "chatglm":
+            kv = _positive_int(c.get("multi_query_group_num")) if c.get("multi_query_attention") else heads
+            size = _positive_int(c.get("kv_channels")) or size
+        return (heads, kv, size) if size and kv else None
     return None
