@@ -87,9 +87,7 @@ def t5(tmp_path_factory):
 
 def test_t5_encoder_before_decoder_and_shared_types(t5):
     folder, t = t5
-    # (T5 ties its head to `shared`, which is not among the tied-head sources of
-    # docs/method.md §1.6: the head is left out here.)
-    res = spectrum_rs.scan(folder, exclude=["lm_head"])
+    res = spectrum_rs.scan(folder, exclude=["lm_head"])  # the tied head: the next test
     names = [x.name for x in res]
     assert names.index("encoder.block.1.layer.1.DenseReluDense.wo") < names.index(
         "decoder.block.0.layer.0.SelfAttention.q"
@@ -101,6 +99,31 @@ def test_t5_encoder_before_decoder_and_shared_types(t5):
     # ... and the sub-layer index stays in the type even with group_experts.
     grouped = {x.type for x in _core.Catalog([str(folder)], group_experts=True).layers()}
     assert "layer.1.DenseReluDense.wi" in grouped and "layer.2.DenseReluDense.wi" in grouped
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_encoder_decoder_head_tied_to_shared_is_reported_and_trained(tmp_path, t5, family):
+    """T5 and BART files hold one ``shared`` token embedding (``shared.weight``,
+    ``model.shared.weight``) that encoder, decoder and the tied head use: it is the
+    model's embedding (the YAML unfreezes it) and the source of the tied ``lm_head``
+    (docs/method.md §1.6, §1.7)."""
+    if family == "t5":
+        folder, t = t5
+        shared = "shared"
+    else:
+        cfg = transformers.BartConfig(
+            vocab_size=50, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+            decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48, max_position_embeddings=32,
+        )  # fmt: skip
+        folder, t = _save(transformers.BartForConditionalGeneration(cfg), tmp_path)
+        shared = "model.shared"
+    assert f"{shared}.weight" in t and "lm_head.weight" not in t  # what transformers saves
+    res = spectrum_rs.scan(folder)
+    head = res["lm_head"]
+    assert head.tied_to == shared and head.snr == res[shared].snr
+    assert {shared, "lm_head"} <= set(res.embedding_layers())
+    yaml_lines = res.unfrozen_yaml(25).splitlines()
+    assert f"- ^{shared}.weight$" in yaml_lines and "- ^lm_head.weight$" in yaml_lines
 
 
 def test_t5_group_by_stack_keeps_encoder_and_decoder_apart(t5):

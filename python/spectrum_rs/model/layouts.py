@@ -10,17 +10,22 @@ from .. import _core
 from .config import ties_embeddings
 
 #: A layer is an embedding or head when its last name part contains one of these
-#: (``embed_tokens``, ``word_embeddings``, ``wte``, ``wpe``, ...) or it is ``lm_head``.
+#: (``embed_tokens``, ``word_embeddings``, ``wte``, ``wpe``, ...), is one of
+#: :data:`EMBEDDING_PARTS`, or it is ``lm_head``.
 EMBEDDING_MARKERS = ("embed", "wte", "wpe", "lm_head")
+#: Last name parts that are the token embedding under a name without a marker: ``shared``,
+#: the one T5, BART, mBART, Pegasus and Marian share between encoder, decoder and head
+#: (their files hold ``shared.weight`` / ``model.shared.weight`` alone).
+EMBEDDING_PARTS = ("shared",)
 #: The input token embedding a tied head shares its weight with, most common first.
-INPUT_EMBEDDING_SUFFIXES = ("embed_tokens", "word_embeddings", "wte", "embed_in", "tok_embeddings")
+INPUT_EMBEDDING_SUFFIXES = ("embed_tokens", "word_embeddings", "wte", "embed_in", "tok_embeddings", "shared")
 HEAD = "lm_head"
 
 
 def is_embedding(name: str) -> bool:
     """Whether the layer ``name`` is an input embedding or the output head."""
     last = name.split(".")[-1]
-    return name == HEAD or any(m in last for m in EMBEDDING_MARKERS)
+    return name == HEAD or last in EMBEDDING_PARTS or any(m in last for m in EMBEDDING_MARKERS)
 
 
 def embedding_names(names: Iterable[str]) -> List[str]:
