@@ -34,6 +34,9 @@
 //!   gs=2 + H/KV)`); layers `wqkv.q`, `.k`, `.v`.
 //! * `Wqkv` of MPT (`mpt`): rows `q | k | v` in equal thirds (`chunk(3)`); layers
 //!   `Wqkv.q`, `.k`, `.v`.
+//! * `qkv` of the Qwen-VL vision towers (`qwen2_vl`, `qwen2_5_vl`, `qwen3_vl`,
+//!   `qwen3_vl_moe`): rows in equal thirds (`reshape(seq, 3, heads, -1)`); layers `qkv.q`,
+//!   `.k`, `.v`.
 //!
 //! Another family's `query_key_value` is refused: how it orders its heads is not known.
 
@@ -134,7 +137,8 @@ pub fn attention(
     heads: Option<Heads>,
 ) -> Result<Option<Vec<(String, Split)>>, String> {
     let last = source.name.rsplit('.').next().unwrap_or("");
-    if source.experts.is_some() || !matches!(last, "qkv_proj" | "c_attn" | "query_key_value" | "wqkv" | "Wqkv") {
+    if source.experts.is_some() || !matches!(last, "qkv_proj" | "c_attn" | "query_key_value" | "wqkv" | "Wqkv" | "qkv")
+    {
         return Ok(None);
     }
     let (rows, cols) = source.dims;
@@ -187,6 +191,7 @@ pub fn attention(
     Ok(Some(match (last, family) {
         ("c_attn", _) => thirds(suffixed(["q", "k", "v"]), false)?,
         ("Wqkv", "mpt") => thirds(suffixed(["q", "k", "v"]), true)?,
+        ("qkv", "qwen2_vl" | "qwen2_5_vl" | "qwen3_vl" | "qwen3_vl_moe") => thirds(suffixed(["q", "k", "v"]), true)?,
         ("wqkv", "internlm2") => grouped(suffixed(["q", "k", "v"]))?,
         ("qkv_proj", _) => concatenated(["q_proj", "k_proj", "v_proj"].map(|p| format!("{stem}{p}")))?,
         ("query_key_value", "falcon") => grouped(suffixed(["query", "key", "value"]))?,

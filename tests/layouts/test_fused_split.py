@@ -307,3 +307,24 @@ def test_a_fused_attention_of_an_unknown_family_is_refused_only_when_split(tmp_p
         spectrum_rs.ModelFileError, match='how model type "some_new_family" lays out its heads is not known'
     ):
         spectrum_rs.scan(tmp_path, device="cpu", split_fused=True)
+
+
+def test_qwen2_vl_vision_qkv_splits_in_thirds_as_the_module_reads_it(tmp_path):
+    cfg = transformers.Qwen2VLConfig(
+        vision_config=dict(depth=1, embed_dim=32, num_heads=4, hidden_size=32, mlp_ratio=2, patch_size=2,
+                           spatial_merge_size=1, temporal_patch_size=1, in_channels=3),
+        text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2,
+                         rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}),
+        bos_token_id=0, eos_token_id=1,
+    )  # fmt: skip
+    model = _randomize(transformers.Qwen2VLForConditionalGeneration(cfg))
+    model.save_pretrained(tmp_path)
+    got = _split_from_config(tmp_path)
+    (stem,) = [n[: -len(".q")] for n in got if n.endswith("blocks.0.attn.qkv.q")]
+    attn = model.model.visual.blocks[0].attn
+    with torch.no_grad():
+        # VisionAttention.forward: qkv(x).reshape(seq, 3, heads, -1): q | k | v in thirds (bias 0).
+        parts = attn.qkv(torch.eye(32)).reshape(32, 3, -1).unbind(1)
+    for name, part in zip("qkv", parts):
+        np.testing.assert_array_equal(got[f"{stem}.{name}"], part.T.numpy())
