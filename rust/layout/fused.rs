@@ -32,7 +32,8 @@
 //!   (`mixed_x_layer.split`); layers `.query`, `.key`, `.value`.
 //! * `wqkv` of InternLM2 (`internlm2`): KV groups as Falcon's (`rearrange(..., "(h gs d)",
 //!   gs=2 + H/KV)`); layers `wqkv.q`, `.k`, `.v`.
-//! * `Wqkv` of MPT (`mpt`): rows `q | k | v` in equal thirds (`chunk(3)`); layers
+//! * `Wqkv` of MPT (`mpt`): rows `q | k | v` in equal thirds (`chunk(3)`); of DBRX
+//!   (`dbrx`): rows `H d`, `KV d`, `KV d` (`split([hidden, KV d, KV d])`); layers
 //!   `Wqkv.q`, `.k`, `.v`.
 //! * `qkv` of the Qwen-VL vision towers (`qwen2_vl`, `qwen2_5_vl`, `qwen3_vl`,
 //!   `qwen3_vl_moe`): rows in equal thirds (`reshape(seq, 3, heads, -1)`); layers `qkv.q`,
@@ -191,6 +192,7 @@ pub fn attention(
     Ok(Some(match (last, family) {
         ("c_attn", _) => thirds(suffixed(["q", "k", "v"]), false)?,
         ("Wqkv", "mpt") => thirds(suffixed(["q", "k", "v"]), true)?,
+        ("Wqkv", "dbrx") => concatenated(suffixed(["q", "k", "v"]))?,
         ("qkv", "qwen2_vl" | "qwen2_5_vl" | "qwen3_vl" | "qwen3_vl_moe") => thirds(suffixed(["q", "k", "v"]), true)?,
         ("wqkv", "internlm2") => grouped(suffixed(["q", "k", "v"]))?,
         ("qkv_proj", _) => concatenated(["q_proj", "k_proj", "v_proj"].map(|p| format!("{stem}{p}")))?,

@@ -328,3 +328,20 @@ def test_qwen2_vl_vision_qkv_splits_in_thirds_as_the_module_reads_it(tmp_path):
         parts = attn.qkv(torch.eye(32)).reshape(32, 3, -1).unbind(1)
     for name, part in zip("qkv", parts):
         np.testing.assert_array_equal(got[f"{stem}.{name}"], part.T.numpy())
+
+
+def test_dbrx_wqkv_splits_with_grouped_kv_heads_as_the_module_reads_it(tmp_path):
+    cfg = transformers.DbrxConfig(
+        d_model=32, n_heads=4, n_layers=1, max_seq_len=32, vocab_size=64,
+        attn_config=dict(kv_n_heads=2, rope_theta=10000.0),
+        ffn_config=dict(ffn_hidden_size=16, moe_num_experts=3, moe_top_k=1),
+    )  # fmt: skip
+    model = _randomize(transformers.DbrxForCausalLM(cfg))
+    model.save_pretrained(tmp_path)
+    got = _split_from_config(tmp_path)
+    attn = model.transformer.blocks[0].norm_attn_norm.attn
+    with torch.no_grad():
+        # DbrxAttention.forward: Wqkv(x).split([hidden, KV d, KV d]).
+        parts = attn.Wqkv(torch.eye(32)).split([32, 16, 16], dim=1)
+    for name, part in zip("qkv", parts):
+        np.testing.assert_array_equal(got[f"transformer.blocks.0.norm_attn_norm.attn.Wqkv.{name}"], part.T.numpy())

@@ -90,7 +90,7 @@ def attention_heads(config: Dict[str, Any]) -> Optional[Tuple[int, int, int]]:
     """``(heads, key/value heads, head size)`` of the (language) model, to split fused
     attention (docs/layouts.md), or None when the config does not say."""
     for c in _text_first(config):
-        heads = _positive_int(c.get("num_attention_heads"), c.get("n_head"), c.get("num_heads"))
+        heads = _positive_int(c.get("num_attention_heads"), c.get("n_head"), c.get("num_heads"), c.get("n_heads"))
         if heads is None:
             continue
         kv: Optional[int] = _positive_int(c.get("num_key_value_heads"), c.get("num_kv_heads")) or heads
@@ -99,6 +99,8 @@ def attention_heads(config: Dict[str, Any]) -> Optional[Tuple[int, int, int]]:
         if c.get("model_type") == "falcon" and not c.get("new_decoder_architecture"):
             # FalconAttention: one key/value head when multi_query (its default), else one per head.
             kv = 1 if c.get("multi_query", True) else heads
+        elif c.get("model_type") == "dbrx" and isinstance(c.get("attn_config"), dict):
+            kv = _positive_int(c["attn_config"].get("kv_n_heads")) or heads
         elif c.get("model_type") == "chatglm":
             kv = _positive_int(c.get("multi_query_group_num")) if c.get("multi_query_attention") else heads
             size = _positive_int(c.get("kv_channels")) or size
