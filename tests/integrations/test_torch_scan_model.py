@@ -146,22 +146,29 @@ def test_scan_model_fused_experts_match_scan(tmp_path, grouping, expert_type):
     assert in_memory.settings["group_experts"] == grouping.get("group_experts", False)
 
 
-def test_a_checkpoint_scan_of_a_model_transformers_fuses_in_memory_is_refused_with_the_way_out(tmp_path):
+@pytest.mark.parametrize("family", ["qwen2_moe", "mixtral"])
+def test_a_checkpoint_scan_of_a_model_transformers_fuses_in_memory_is_refused_with_the_way_out(tmp_path, family):
     """transformers 5 loads a Qwen2-MoE checkpoint's per-expert matrices
-    (``mlp.experts.3.gate_proj.weight``) into fused ``[E, out, in]`` parameters
-    (``mlp.experts.gate_up_proj``): a scan of the files names no parameter of the model.
-    freeze refuses it, names the fused tensor and says to scan in memory; that scan fits."""
+    (``mlp.experts.3.gate_proj.weight``; Mixtral's ``block_sparse_moe.experts.3.w1.weight``)
+    into fused ``[E, out, in]`` parameters (``mlp.experts.gate_up_proj``): a scan of the
+    files names no parameter of the model. freeze refuses it, names the fused tensor and
+    says to scan in memory; that scan fits."""
     transformers = pytest.importorskip("transformers")
     from spectrum_rs import ScanMismatchError
     from spectrum_rs.integrations.torch import freeze
 
-    cfg = transformers.Qwen2MoeConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
-        shared_expert_intermediate_size=24, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        num_experts=6, num_experts_per_tok=2,
-    )  # fmt: skip
+    common = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    if family == "qwen2_moe":
+        cfg = transformers.Qwen2MoeConfig(
+            intermediate_size=64, moe_intermediate_size=16, shared_expert_intermediate_size=24, num_experts=6,
+            num_experts_per_tok=2, **common,
+        )  # fmt: skip
+        model_class = transformers.Qwen2MoeForCausalLM
+    else:
+        cfg = transformers.MixtralConfig(intermediate_size=16, num_local_experts=6, num_experts_per_tok=2, **common)
+        model_class = transformers.MixtralForCausalLM
     torch.manual_seed(0)
-    model = transformers.Qwen2MoeForCausalLM(cfg)
+    model = model_class(cfg)
     model.save_pretrained(tmp_path)
     params = dict(model.named_parameters())
     if "model.layers.0.mlp.experts.gate_up_proj" not in params:

@@ -80,18 +80,25 @@ def _layer_shape(entry: Entry, layer: LayerResult) -> Optional[Tuple[int, int]]:
 
 
 def _fused_in_memory(tensors: Tensors, missing: Sequence[str]) -> Optional[str]:
-    """A stacked ``[E, out, in]`` parameter of the model (with its shape) where the scan
-    has per-expert layers the model lacks (``<prefix>.experts.3.gate_proj`` against
-    ``<prefix>.experts.gate_up_proj``), or None."""
+    """A stacked ``[E, out, in]`` experts parameter of the model (with its shape) when the
+    scan has per-expert layers the model lacks (``<prefix>.experts.3.gate_proj`` against
+    ``<prefix>.experts.gate_up_proj``; transformers 5 also renames Mixtral's
+    ``block_sparse_moe.experts.3.w1`` to ``mlp.experts.gate_up_proj``), or None. The one
+    under the same prefix is named when there is one."""
     prefixes: Set[str] = set()
     for name in missing:
         parts = name.split(".")
         prefixes.update(
             ".".join(parts[:i]) for i in range(1, len(parts) - 1) if parts[i - 1] == "experts" and parts[i].isdigit()
         )
-    for e in tensors.unique:
-        if e.shape is not None and len(e.shape) == 3 and e.name.rsplit(".", 1)[0] in prefixes:
-            return f"{e.name}, shape {list(e.shape)}"
+    if not prefixes:
+        return None
+    stacked = [
+        e for e in tensors.unique if e.shape is not None and len(e.shape) == 3 and "experts" in e.name.split(".")
+    ]
+    same = [e for e in stacked if e.name.rsplit(".", 1)[0] in prefixes]
+    for e in same or stacked:
+        return f"{e.name}, shape {list(e.shape or ())}"
     return None
 
 
