@@ -84,7 +84,8 @@ def scan(
             ``model.language_model.layers.*.self_attn.q_proj``, encoder apart from decoder).
         split_fused: scan each half of a fused ``gate_up_proj`` as a layer of its own
             (``gate_proj``, ``up_proj``), and each of query, key and value of a fused
-            attention (``qkv_proj``, ``c_attn``, ``query_key_value``), laid out as the
+            attention (``qkv_proj``, ``c_attn``, ``query_key_value``, ``wqkv``, ``Wqkv``,
+            a Qwen-VL vision ``qkv``), laid out as the
             family (``config.json``'s ``model_type`` and heads) does it
             (docs/layouts.md); default: one matrix.
         max_experts: the most layers one stacked-experts tensor may become (default 65,536).
