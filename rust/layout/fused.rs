@@ -40,6 +40,7 @@
 //!   `.k`, `.v`.
 //!
 //! Another family's `query_key_value` is refused: how it orders its heads is not known.
+//! Another family's `wqkv`, `Wqkv` or `qkv` stays one matrix.
 
 use crate::layout::{mxfp4, Source, TensorEntry};
 
@@ -209,6 +210,9 @@ pub fn attention(
                 [part(true, 3 * d, 0, d), part(true, 3 * d, d, d), part(true, 3 * d, 2 * d, d)],
             )
         }
+        // Names first split for a few families: elsewhere they stay one matrix, as they did
+        // before (a vision tower's `qkv` must not stop the splits beside it).
+        ("wqkv" | "Wqkv" | "qkv", _) => return Ok(None),
         _ => return Err(cannot(format!("how model type {family:?} lays out its heads is not known"))),
     }))
 }

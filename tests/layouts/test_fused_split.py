@@ -298,6 +298,20 @@ def test_internlm2_wqkv_is_in_key_value_groups(tmp_path):
     np.testing.assert_array_equal(got[f"{name}.v"], groups[:, 3].reshape(16, 32))
 
 
+def test_an_unknown_familys_qkv_stays_one_matrix_beside_a_split_one(tmp_path):
+    """A vision ``qkv`` of no known family stays whole with ``split_fused``, and does not
+    stop the split of the fused projections beside it (a ``gate_up_proj``)."""
+    g = torch.Generator().manual_seed(5)
+    t = {
+        "vision_model.encoder.layers.0.attn.qkv.weight": torch.randn(96, 32, generator=g),
+        "language_model.model.layers.0.mlp.gate_up_proj.weight": torch.randn(64, 32, generator=g),
+    }
+    write_single(tmp_path, t, {"model_type": "some_vlm", "num_attention_heads": 4, "hidden_size": 32})
+    names = {x.name for x in spectrum_rs.scan(tmp_path, device="cpu", split_fused=True)}
+    assert "vision_model.encoder.layers.0.attn.qkv" in names
+    assert {f"language_model.model.layers.0.mlp.{p}_proj" for p in ("gate", "up")} <= names
+
+
 def test_a_fused_attention_of_an_unknown_family_is_refused_only_when_split(tmp_path):
     name = "transformer.h.0.attn.query_key_value.weight"
     w = torch.randn(96, 32, generator=torch.Generator().manual_seed(4))
