@@ -57,7 +57,10 @@ class ResultsFileError(SpectrumError):
 class ScanMismatchError(SpectrumError):
     """A scan does not fit the model it is applied to (training integrations): scanned
     layers the model lacks (``missing_in_model``), weight matrices of the model the scan
-    lacks (``missing_in_scan``), or shapes that differ (``shape_mismatches``)."""
+    lacks (``missing_in_scan``), or shapes that differ (``shape_mismatches``).
+    ``fused_in_memory``: the model's stacked experts tensor when the scan has per-expert
+    layers the model holds fused (a checkpoint scan of a model transformers 5 fused on
+    loading), else None."""
 
     def __init__(
         self,
@@ -66,12 +69,14 @@ class ScanMismatchError(SpectrumError):
         missing_in_model: Sequence[str] = (),
         missing_in_scan: Sequence[str] = (),
         shape_mismatches: Sequence[str] = (),
+        fused_in_memory: Optional[str] = None,
         path: Optional[str] = None,
     ) -> None:
         super().__init__(message, path=path)
         self.missing_in_model = list(missing_in_model)
         self.missing_in_scan = list(missing_in_scan)
         self.shape_mismatches = list(shape_mismatches)
+        self.fused_in_memory = fused_in_memory
 
 
 class InternalError(RuntimeError):

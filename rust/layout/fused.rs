@@ -147,9 +147,8 @@ pub fn attention(
     let family = model_type.unwrap_or("");
     let cannot = |why: String| format!("cannot split fused attention {:?} of shape {:?}: {why}", t.name, t.shape);
     let part = |along_rows, period, offset, width| Split { full: (rows, cols), along_rows, period, offset, width };
-    let named = |names: [&str; 3], splits: [Split; 3]| -> Vec<(String, Split)> {
-        names.iter().zip(splits).map(|(n, s)| (n.to_string(), s)).collect()
-    };
+    let named =
+        |names: [String; 3], splits: [Split; 3]| -> Vec<(String, Split)> { names.into_iter().zip(splits).collect() };
     let suffixed = |parts: [&str; 3]| parts.map(|p| format!("{}.{p}", source.name));
     let stem = &source.name[..source.name.len() - last.len()];
     let need_heads = || {
@@ -165,7 +164,7 @@ pub fn attention(
             return Err(cannot(format!("{rows} rows are not (heads {h} + 2 x key/value heads {kv}) x head size {d}")));
         }
         let splits = [part(true, rows, 0, q), part(true, rows, q, k), part(true, rows, q + k, k)];
-        Ok(named([&names[0], &names[1], &names[2]], splits))
+        Ok(named(names, splits))
     };
     // KV groups of `H/KV` query heads, one key head, one value head (Falcon, InternLM2).
     let grouped = |names: [String; 3]| -> Result<Vec<(String, Split)>, String> {
@@ -178,7 +177,7 @@ pub fn attention(
         let g = h / kv;
         let period = (g + 2) * d;
         let splits = [part(true, period, 0, g * d), part(true, period, g * d, d), part(true, period, (g + 1) * d, d)];
-        Ok(named([&names[0], &names[1], &names[2]], splits))
+        Ok(named(names, splits))
     };
     let thirds = |names: [String; 3], along_rows: bool| -> Result<Vec<(String, Split)>, String> {
         let n = if along_rows { rows } else { cols };
@@ -188,7 +187,7 @@ pub fn attention(
         }
         let w = n / 3;
         let splits = [part(along_rows, n, 0, w), part(along_rows, n, w, w), part(along_rows, n, 2 * w, w)];
-        Ok(named([&names[0], &names[1], &names[2]], splits))
+        Ok(named(names, splits))
     };
     Ok(Some(match (last, family) {
         ("c_attn", _) => thirds(suffixed(["q", "k", "v"]), false)?,
@@ -204,9 +203,8 @@ pub fn attention(
             if 3 * h * d != rows {
                 return Err(cannot(format!("{rows} rows are not 3 x heads {h} x head size {d}")));
             }
-            let n = &source.name;
             named(
-                [&format!("{n}.query"), &format!("{n}.key"), &format!("{n}.value")],
+                suffixed(["query", "key", "value"]),
                 [part(true, 3 * d, 0, d), part(true, 3 * d, d, d), part(true, 3 * d, 2 * d, d)],
             )
         }

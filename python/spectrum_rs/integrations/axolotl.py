@@ -44,7 +44,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from ..errors import ScanMismatchError, SpectrumError
 from ..model.layouts import HEAD
@@ -100,6 +100,16 @@ class SpectrumArgs(_BaseModel):
 #: (``spectrum_scan_in_memory``): a pattern no parameter matches, so that if the scan never
 #: ran, Axolotl would freeze everything rather than train everything.
 PENDING_PATTERN = "^spectrum-rs: scanned in post_model_load$"
+
+
+def _layer_options(cfg: Any) -> Dict[str, Any]:
+    """The scan options the settings give, for a scan of the files and of the loaded model."""
+    return {
+        "types": as_list(_get(cfg, "spectrum_types")) or None,
+        "exclude": as_list(_get(cfg, "spectrum_exclude")) or None,
+        "group_experts": bool(_get(cfg, "spectrum_group_experts")),
+        "group_by": _get(cfg, "spectrum_group_by") or "type",
+    }
 
 
 def _get(cfg: Any, key: str) -> Any:
@@ -300,7 +310,7 @@ class SpectrumPlugin(_BasePlugin):
         try:
             plan = plan_training(model, self.result, self.top_percent, self.embeddings, self.head)
         except ScanMismatchError as e:
-            if "fused in memory" not in str(e):
+            if e.fused_in_memory is None:
                 raise
             raise ScanMismatchError(
                 f"{e}. With Axolotl: delete {self.results_path} and set spectrum_scan_in_memory: true "
@@ -308,6 +318,7 @@ class SpectrumPlugin(_BasePlugin):
                 missing_in_model=e.missing_in_model,
                 missing_in_scan=e.missing_in_scan,
                 shape_mismatches=e.shape_mismatches,
+                fused_in_memory=e.fused_in_memory,
             ) from e
         if not plan.train:
             raise SpectrumError(
@@ -350,15 +361,7 @@ class SpectrumPlugin(_BasePlugin):
         from .torch import scan_model
 
         log.info("SpectrumPlugin: scanning the loaded model in memory")
-        result = scan_model(
-            model,
-            top_percent=pct,
-            name=self._name,
-            types=as_list(_get(cfg, "spectrum_types")) or None,
-            exclude=as_list(_get(cfg, "spectrum_exclude")) or None,
-            group_experts=bool(_get(cfg, "spectrum_group_experts")),
-            group_by=_get(cfg, "spectrum_group_by") or "type",
-        )
+        result = scan_model(model, top_percent=pct, name=self._name, **_layer_options(cfg))
         if _rank() == 0:
             written = result.save(self._folder, pct, name=self._name)
             log.info("SpectrumPlugin: wrote %s", ", ".join(str(p) for p in written.values()))
@@ -384,11 +387,8 @@ class SpectrumPlugin(_BasePlugin):
                 name=name,
                 download=download,
                 device=_get(cfg, "spectrum_device") or "auto",
-                types=as_list(_get(cfg, "spectrum_types")) or None,
-                exclude=as_list(_get(cfg, "spectrum_exclude")) or None,
-                group_experts=bool(_get(cfg, "spectrum_group_experts")),
-                group_by=_get(cfg, "spectrum_group_by") or "type",
                 distributed_scan=distributed,
+                **_layer_options(cfg),
             )
         except KeyboardInterrupt:
             raise

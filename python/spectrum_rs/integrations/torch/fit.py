@@ -97,19 +97,20 @@ def _fused_in_memory(tensors: Tensors, missing: Sequence[str]) -> Optional[str]:
         e for e in tensors.unique if e.shape is not None and len(e.shape) == 3 and "experts" in e.name.split(".")
     ]
     same = [e for e in stacked if e.name.rsplit(".", 1)[0] in prefixes]
-    for e in same or stacked:
-        return f"{e.name}, shape {list(e.shape or ())}"
-    return None
+    found = same or stacked
+    return f"{found[0].name}, shape {list(found[0].shape or ())}" if found else None
 
 
 def _check_fit(tensors: Tensors, result: ScanResult) -> None:
     """Raises :class:`ScanMismatchError` when ``result`` is not a scan of this model."""
     missing_model: List[str] = []
+    absent: List[str] = []  # the names of those layers
     shapes: List[str] = []
     for layer in result.layers:
         entry = tensors.by_name.get(layer.parameter)
         if entry is None:
             missing_model.append(f"{layer.name} (parameter {layer.parameter})")
+            absent.append(layer.name)
             continue
         if layer.shape is not None:
             got = _layer_shape(entry, layer)
@@ -154,9 +155,7 @@ def _check_fit(tensors: Tensors, result: ScanResult) -> None:
             )
         if shapes:
             parts.append(f"{len(shapes)} shape mismatch(es): {listing(shapes)}")
-        fused = _fused_in_memory(
-            tensors, [layer.name for layer in result.layers if layer.parameter not in tensors.by_name]
-        )
+        fused = _fused_in_memory(tensors, absent)
         hint = (
             f"; the model holds its experts fused in memory ({fused}: transformers 5 fuses them when it loads a "
             f"checkpoint that stores one matrix per expert), so a scan of the files cannot name its parameters: "
@@ -170,6 +169,7 @@ def _check_fit(tensors: Tensors, result: ScanResult) -> None:
             missing_in_model=missing_model,
             missing_in_scan=missing_scan,
             shape_mismatches=shapes,
+            fused_in_memory=fused,
         )
     if unscanned:
         warnings.warn(

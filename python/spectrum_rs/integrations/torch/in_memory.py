@@ -283,6 +283,18 @@ def _itemsize(dtype: Any) -> int:
         return 1
 
 
+def _matrix(full: torch.Tensor, s: TensorLayer) -> torch.Tensor:
+    """The ``rows x cols`` matrix of layer ``s`` in its (gathered) tensor: one expert of a
+    stacked tensor, or the whole tensor."""
+    return (full[s.expert] if s.expert is not None else full).reshape(s.rows, s.cols)
+
+
+def _float32_copy(m: torch.Tensor) -> Any:
+    """``m`` as a float32 numpy array on the CPU, always a copy: a view would share (and
+    pin the size of) the model's storage, which FSDP frees and resizes after a gather."""
+    return m.to(device="cpu", dtype=torch.float32, copy=True).contiguous().numpy()
+
+
 def _measure(
     full: torch.Tensor,
     s: TensorLayer,
@@ -295,8 +307,7 @@ def _measure(
 ) -> LayerResult:
     from ...run.pipeline import measure
 
-    m = full[s.expert] if s.expert is not None else full
-    m = m.reshape(s.rows, s.cols)
+    m = _matrix(full, s)
     if device == "auto" and m.device.type == "cuda":
         key = str(m.device)
         if key not in workers:
@@ -309,9 +320,7 @@ def _measure(
 
         workers["cpu"] = NumpyWorker(method=method, dtype=dtype)
     worker = workers["cpu"]
-    # Always a copy: a numpy view would share (and pin the size of) the model's storage,
-    # which FSDP frees and resizes after a gather.
-    array = m.to(device="cpu", dtype=torch.float32, copy=True).contiguous().numpy()
+    array = _float32_copy(m)
     record = measure(worker, s, worker.to_matrix(array, "F32", s.rows, s.cols), no_noise, problems)
     del array
     return record
@@ -361,10 +370,7 @@ def _measure_on_cpu_workers(
 
     def stream() -> Iterator[Tuple[int, Any, str]]:
         for index, (e, s) in enumerate(items):
-            full = e.tensor.detach()
-            m = full[s.expert] if s.expert is not None else full
-            # Always a copy: a numpy view would share the model's storage.
-            yield index, m.to(device="cpu", dtype=torch.float32, copy=True).contiguous().numpy(), "F32"
+            yield index, _float32_copy(_matrix(e.tensor.detach(), s)), "F32"
 
     def finished(index: int, record: LayerResult) -> None:
         s = specs[index]
